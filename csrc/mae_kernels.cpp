@@ -1,0 +1,31 @@
+// The op schemas of mae_kernels (one block, the single source of truth for every compiled op) and the
+// pybind11 module mae_kernels._C, which only exposes how the extension was built.
+// Kernels register themselves per backend in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu;
+// fake (meta) kernels and autograd are registered in Python (mae_kernels/ops/<op>.py).
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(mae_kernels, m) {
+  // random masking: per-row argsort of noise (ties: lower index first), gather of the kept rows of x.
+  // noise may be None on CUDA only (Philox numbers drawn in the kernel from seed/offset).
+  m.def("random_masking(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
+        "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)");
+  m.def("random_masking_backward(Tensor grad_x_masked, Tensor ids_keep, int L) -> Tensor");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mae_kernels compiled extension: CPU (and CUDA) kernels registered under torch.ops.mae_kernels";
+  m.def("build_info", []() {
+    py::dict d;
+    d["torch_version"] = MAE_KERNELS_TORCH_VERSION;
+#ifdef MAE_KERNELS_WITH_CUDA
+    d["with_cuda"] = true;
+#else
+    d["with_cuda"] = false;
+#endif
+    d["cuda_archs"] = MAE_KERNELS_CUDA_ARCHS;
+    return d;
+  });
+}

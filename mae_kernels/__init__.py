@@ -1,0 +1,10 @@
+"""mae_kernels: fused CUDA and Triton kernels for Masked Autoencoder pre-training.
+
+Public API only; see README.md. Backends: mae_kernels.backends (use_backend, MAE_KERNELS_BACKEND)."""
+from . import _ext  # noqa: F401  (loads the compiled ops when built)
+from .backends import BackendUnavailable, use_backend
+from .ops.random_masking import random_mask_indices, random_masking
+
+__version__ = "0.1.0"
+
+__all__ = ["BackendUnavailable", "use_backend", "random_masking", "random_mask_indices"]

@@ -1,0 +1,31 @@
+"""Registration helpers shared by every op module: the Triton variant of a compiled op (same schema, name
+suffixed _triton, runnable on CUDA and, through the Triton interpreter, on CPU), fake kernels and autograd."""
+import torch
+
+from .. import _ext
+
+LIB = torch.library.Library("mae_kernels", "FRAGMENT")
+
+
+def define_triton_op(name, schema, impl):
+    """Define mae_kernels::<name>_triton(<schema>) implemented by `impl` on CPU and CUDA; returns the op."""
+    qualname = f"{name}_triton"
+    LIB.define(qualname + schema)
+    for key in ("CPU", "CUDA"):
+        LIB.impl(qualname, impl, key)
+    return getattr(torch.ops.mae_kernels, qualname).default
+
+
+def compiled_op(name):
+    """torch.ops.mae_kernels.<name> when the extension is loaded, else None."""
+    return getattr(torch.ops.mae_kernels, name).default if _ext._C is not None else None
+
+
+def register(ops, fake, backward=None, setup_context=None):
+    """Register the same fake kernel (and autograd) for each op in `ops` (None entries are skipped)."""
+    for op in ops:
+        if op is None:
+            continue
+        torch.library.register_fake(op, fake, lib=LIB)
+        if backward is not None:
+            torch.library.register_autograd(op, backward, setup_context=setup_context, lib=LIB)

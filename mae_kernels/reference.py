@@ -1,0 +1,118 @@
+"""Eager PyTorch reference for every MAE piece: exactly the official semantics (facebookresearch/mae,
+models_mae.py), generalised to any channel count and non-square images. Every fused op is tested against
+these functions; the "reference" backend runs them. See ../shared/MAE_SPEC.md.
+
+One deliberate difference from the official code: argsort is stable (ties in the noise broken by the lower
+patch index), as on every mae_kernels backend.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def len_keep(L, mask_ratio):
+    """Number of kept patches, with the official Python float arithmetic (truncation, float error included)."""
+    return int(L * (1 - mask_ratio))
+
+
+def random_mask_indices(N, L, mask_ratio, noise=None, generator=None, device=None):
+    """(ids_keep [N, K] int64, ids_restore [N, L] int64, mask [N, L] float32, 1 = removed)."""
+    if noise is None:
+        noise = torch.rand(N, L, device=device, generator=generator)
+    keep = len_keep(L, mask_ratio)
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
+    ids_keep = ids_shuffle[:, :keep]
+    mask = torch.ones(N, L, device=noise.device)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)
+    return ids_keep, ids_restore, mask
+
+
+def random_masking(x, mask_ratio, noise=None, generator=None):
+    """The official random_masking: (x_masked [N, K, D], mask [N, L] float32, ids_restore [N, L] int64)."""
+    N, L, D = x.shape
+    if noise is None:
+        noise = torch.rand(N, L, device=x.device, generator=generator)
+    ids_keep, ids_restore, mask = random_mask_indices(N, L, mask_ratio, noise)
+    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
+    return x_masked, mask, ids_restore
+
+
+def patchify(imgs, patch_size):
+    """[N, C, H, W] -> [N, L, p*p*C], patch vectors in (p_row, p_col, c) order."""
+    p = patch_size
+    N, C, H, W = imgs.shape
+    h, w = H // p, W // p
+    x = imgs.reshape(N, C, h, p, w, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(N, h * w, p * p * C)
+
+
+def unpatchify(x, patch_size, image_size):
+    """[N, L, p*p*C] -> [N, C, H, W]; image_size = (H, W) (or an int for square images)."""
+    p = patch_size
+    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = H // p, W // p
+    N, L, P = x.shape
+    C = P // (p * p)
+    x = x.reshape(N, h, w, p, p, C)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(N, C, H, W)
+
+
+def masked_patchify(imgs, ids_keep, patch_size):
+    """The kept patches, in ids_keep order: [N, K, p*p*C]."""
+    x = patchify(imgs, patch_size)
+    return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
+    """The official encoder front end restricted to the kept patches: Conv2d patch embedding over all L
+    patches, + pos_embed[:, 1:] (row 0 is the cls token's), then the gather of ids_keep -> [N, K, D]."""
+    p = weight.shape[-1]
+    x = F.conv2d(imgs, weight, bias, stride=p).flatten(2).transpose(1, 2)
+    if pos_embed is not None:
+        x = x + pos_embed[:, 1:, :]
+    return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed=None, has_cls=True):
+    """The official decoder input: mask tokens appended, unshuffled with ids_restore, cls row kept first,
+    + decoder pos_embed. x: [N, (1 +) K, D]; mask_token: [1, 1, D]; out: [N, (1 +) L, D] with cat's promotion."""
+    N, L = ids_restore.shape
+    body = x[:, 1:, :] if has_cls else x
+    mask_tokens = mask_token.repeat(N, L - body.shape[1], 1)
+    x_ = torch.cat([body, mask_tokens], dim=1)
+    x_ = torch.gather(x_, dim=1, index=ids_restore.unsqueeze(-1).repeat(1, 1, x_.shape[2]))
+    out = torch.cat([x[:, :1, :], x_], dim=1) if has_cls else x_
+    if pos_embed is not None:
+        out = out + pos_embed
+    return out
+
+
+def patch_stats(imgs, patch_size, eps=1e-6):
+    """Per-patch mean and std (unbiased variance, eps inside the sqrt) of the target, fp32: ([N, L, 1], [N, L, 1])."""
+    target = patchify(imgs, patch_size).float()
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return mean, (var + eps) ** 0.5
+
+
+def denormalize_pred(pred, imgs, patch_size, eps=1e-6):
+    """Turn norm_pix_loss predictions back into pixel space (patch vectors) with the target's patch stats."""
+    mean, std = patch_stats(imgs, patch_size, eps)
+    return pred.float() * std + mean
+
+
+def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6):
+    """The official forward_loss: MSE on removed patches (mask == 1), against per-patch normalised pixels
+    when norm_pix_loss. pred: [N, L, P]; mask: [N, L]. Computed in fp32 (as autocast's promotion does)."""
+    target = patchify(imgs, patch_size).float()
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps) ** 0.5
+    loss = (pred.float() - target) ** 2
+    loss = loss.mean(dim=-1)
+    mask = mask.float()
+    return (loss * mask).sum() / mask.sum()

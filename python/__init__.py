@@ -1,0 +1,1 @@
+"""Build tooling used by setup.py; never shipped with the package."""
