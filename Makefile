@@ -1,0 +1,49 @@
+# Quick start: `make demo` (trains a tiny MAE on the embedded photographs) and `make test` (the test suite).
+# Each creates its own virtualenv (.venv) with torch==2.14.1, whose CUDA 13 build lets the CUDA sources
+# compile even on a machine without a GPU.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+TORCH   ?= torch==2.14.1
+DEPS    := triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm
+SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
+GPU_RESULTS_DIR ?=
+
+.PHONY: venv install build test demo bench bench-compare gpu-check clean
+
+venv: $(VENV)/.deps
+$(VENV)/.deps:
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" $(DEPS)
+	touch $@
+
+# Full (re)install only when build inputs changed.
+install: $(VENV)/.installed
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation -e .
+	touch $@
+
+# Incremental in-place build for development (ninja keeps object files in build/).
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m mae_kernels pretrain
+
+bench: install
+	$(PY) -m mae_kernels bench
+
+# Fails on a median regression past 10% against the stored per-device baseline (bench/baselines/).
+bench-compare: install
+	$(PY) -m pytest bench -q -p no:randomly --benchmark-enable --benchmark-only \
+	  --benchmark-storage=file://bench/baselines --benchmark-compare --benchmark-compare-fail=median:10%
+
+# On a GPU machine with torch, triton and nvcc but no package index (uses the system python).
+gpu-check:
+	bash python/gpu_check.sh "$(GPU_RESULTS_DIR)"
+
+clean:
+	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV)
