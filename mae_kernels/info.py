@@ -1,0 +1,44 @@
+"""`mae-kernels info`: versions, how the extension was built, and which backends can run here (and why not)."""
+import argparse
+import platform
+
+import torch
+
+from . import _ext, backends
+
+
+def collect():
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton_version,
+        "gpu": gpu,
+        "extension": _ext.build_info() or {"error": _ext.load_error},
+        "backends": {dev: backends.report(dev) for dev in devices},
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="mae-kernels info", description=__doc__)
+    parser.parse_args(argv)
+    info = collect()
+    from . import __version__
+    print(f"mae_kernels {__version__}")
+    for key in ("python", "torch", "torch_cuda", "triton", "gpu"):
+        print(f"  {key:<11} {info[key]}")
+    print("  extension   " + ", ".join(f"{k}={v}" for k, v in info["extension"].items()))
+    if not torch.cuda.is_available():
+        print("  (no CUDA device visible: the cuda backend, and triton on GPU, cannot run here)")
+    for dev, report in info["backends"].items():
+        print(f"backends for {dev} tensors:")
+        for name, reason in report.items():
+            print(f"  {name:<10} {'usable' if reason is None else 'unusable: ' + reason}")
+    return 0
