@@ -1,0 +1,79 @@
+"""Backend choice, overrides, and the reasons a backend cannot run; build info and `mae-kernels info`."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mae_kernels
+from mae_kernels import _ext, backends
+
+
+def test_extension_loaded_and_matches_torch():
+    assert _ext.load_error is None, _ext.load_error
+    info = _ext.build_info()
+    assert info["torch_version"] == torch.__version__
+
+
+def test_build_for_another_torch_is_refused_with_rebuild_hint():
+    code = ("import torch; torch.__version__ = '0.0.1'; from mae_kernels import _ext, backends; "
+            "print(_ext.load_error); print(backends.why_not('cpu', 'cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "built for torch" in out and "0.0.1 is installed" in out and "pip install --no-build-isolation" in out
+    assert out.count("rebuild it with") == 2  # the cpu backend reports the same reason
+
+
+def test_auto_choice_on_cpu_is_compiled_cpu():
+    assert backends.select("op", "cpu") == "cpu"
+
+
+def test_context_manager_forces_and_restores():
+    with mae_kernels.use_backend("reference"):
+        assert backends.select("op", "cpu") == "reference"
+        with mae_kernels.use_backend("triton"):
+            assert backends.select("op", "cpu") == "triton"
+        assert backends.select("op", "cpu") == "reference"
+    assert backends.select("op", "cpu") == "cpu"
+
+
+def test_env_variable_forces(monkeypatch):
+    monkeypatch.setenv("MAE_KERNELS_BACKEND", "reference")
+    assert backends.select("op", "cpu") == "reference"
+    monkeypatch.setenv("MAE_KERNELS_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="MAE_KERNELS_BACKEND must be one of"):
+        backends.select("op", "cpu")
+
+
+def test_forced_backend_that_cannot_run_says_why():
+    with mae_kernels.use_backend("cuda"):
+        with pytest.raises(mae_kernels.BackendUnavailable, match="cuda backend needs CUDA tensors"):
+            mae_kernels.random_masking(torch.randn(2, 4, 3), 0.5)
+
+
+def test_unknown_backend_name_rejected():
+    with pytest.raises(ValueError, match="use_backend"):
+        with mae_kernels.use_backend("fast"):
+            pass
+
+
+def test_triton_needs_interpreter_on_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in backends.why_not("triton", "cpu")
+
+
+def test_op_without_backend_reports_each_reason():
+    with pytest.raises(mae_kernels.BackendUnavailable, match="cpu: this op has no such backend"):
+        backends.select("op", "cpu", implemented=("cuda",))
+
+
+def test_report_lists_every_backend():
+    report = backends.report("cpu")
+    assert set(report) == set(backends.BACKENDS)
+    assert report["reference"] is None and report["cpu"] is None
+    assert "CUDA tensors" in report["cuda"]
+
+
+def test_info_command_runs():
+    out = subprocess.run([sys.executable, "-m", "mae_kernels", "info"], capture_output=True, text=True, check=True)
+    assert "torch" in out.stdout and "backends for cpu tensors" in out.stdout
+    assert ("usable" in out.stdout) and ("unusable: tensors are on cpu" in out.stdout)
