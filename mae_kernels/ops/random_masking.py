@@ -14,6 +14,10 @@ from ._registry import compiled_op, define_triton_op, register
 from ._rng import seed_offset
 from ._validate import check_mask_ratio, check_tensor
 
+# Longest row the cuda and triton kernels sort (one block / program per row; csrc/cuda/kernels/random_masking.cuh
+# and mae_kernels/triton/random_masking.py hold the same number).
+MAX_L = 8192
+
 _SCHEMA = ("(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
            "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)")
 _BACKWARD_SCHEMA = "(Tensor grad_x_masked, Tensor ids_keep, int L) -> Tensor"
@@ -78,6 +82,9 @@ def _run(x, mask_ratio, noise, generator):
     N, L, _ = x.shape
     keep = reference.len_keep(L, mask_ratio)
     backend = select("random_masking", x.device.type)
+    if backend in ("cuda", "triton") and L > MAX_L:
+        raise ValueError(f"random_masking: the {backend} backend sorts rows of at most L = {MAX_L} tokens, got "
+                         f"L = {L}; use the cpu or reference backend (mae_kernels.use_backend) for longer rows")
     if backend == "reference":
         if noise is None:
             noise = torch.rand(N, L, device=x.device, generator=generator)
@@ -89,7 +96,7 @@ def _run(x, mask_ratio, noise, generator):
             # The official torch.rand noise: identical masks to the reference for the same seed (and traceable).
             noise = torch.rand(N, L, device=x.device, generator=generator)
         else:
-            seed, offset = seed_offset(x.device, generator, L)
+            seed, offset = seed_offset(x.device, generator, N * L)  # one counter per element
     return OPS[backend](x, noise, keep, seed, offset)
 
 
