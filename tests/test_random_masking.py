@@ -1,5 +1,4 @@
 """random_masking on every backend against the reference (torch.argsort stable): bit-exact outputs and grads."""
-import os
 
 import pytest
 import torch
@@ -91,9 +90,9 @@ def _tied_noise(N, L, device, nan=True):
     noise[:, 1::7] = 0.5
     if L > 8:
         noise[0, 2] = float("nan")
-        noise[0, 4] = float("nan")
-        noise[0, 5] = -0.0                        # ties with +0.0
-        noise[0, 6] = 0.0
+        noise[0, 4] = torch.tensor(-4194304, dtype=torch.int32).view(torch.float32)  # NaN, sign bit set
+        noise[0, 5] = 0.0
+        noise[0, 6] = -0.0                        # ties with +0.0: the lower index (5) first
         noise[-1, 7] = float("-inf")
         noise[-1, 8] = float("inf")
     if not nan:
