@@ -269,7 +269,7 @@ def _opcheck_samples(device, noise_none):
 def test_opcheck(backend, device):
     op, bop = rm_ops.OPS[backend], rm_ops.BACKWARD_OPS[backend]
     samples = _opcheck_samples(device, False)
-    if device == "cuda":
+    if backend != "cpu":  # the cpu kernel always gets noise
         samples += _opcheck_samples(device, True)  # Philox in the kernel: deterministic for a given seed
     for args in samples:
         torch.library.opcheck(op, args)
@@ -298,3 +298,32 @@ def test_compile_fullgraph(backend, device):
     _assert_equal("ids_restore", got[2], want[2])
     gr = torch.zeros_like(x).scatter_(1, want[3][:, :, None].expand(-1, -1, 5), 2.0)
     _assert_equal("grad_x", gx, gr)
+
+
+def _philox_uniform(seed, counters):
+    """The documented noise stream (mae_kernels/triton/random_masking.py): Philox4x32-10 keyed by seed at
+    counter (c lo32, c hi32, 0, 0), first output >> 8, times 2^-24. Plain Python, for a few hundred counters."""
+    M = 0xFFFFFFFF
+    out = []
+    for c in counters:
+        c0, c1, c2, c3 = c & M, (c >> 32) & M, 0, 0
+        k0, k1 = seed & M, (seed >> 32) & M
+        for _ in range(10):
+            p0, p1 = 0xCD9E8D57 * c2, 0xD2511F53 * c0
+            c0, c1, c2, c3 = (p0 >> 32) ^ c1 ^ k0, p0 & M, (p1 >> 32) ^ c3 ^ k1, p1 & M
+            k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
+        out.append((c0 >> 8) / 16777216.0)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])
+def test_triton_noise_is_the_documented_philox_stream(seed, offset):
+    # The CUDA kernel draws the same stream (philox_uniform in csrc/cuda/kernels/random_masking.cuh);
+    # test_gpu_cuda_and_triton_draw_the_same_noise checks the two agree on a GPU.
+    N, L, keep = 2, 40, 10
+    x = torch.randn(N, L, 3)
+    got = rm_ops.OPS["triton"](x, None, keep, seed, offset)
+    noise = _philox_uniform(seed, range(offset, offset + N * L)).view(N, L)
+    want = _reference(x, 0.75, noise)
+    for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
+        _assert_equal(name, u, v)
