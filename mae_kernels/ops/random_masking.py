@@ -3,8 +3,10 @@
 Compiled op mae_kernels::random_masking (CPU, CUDA) and its Triton twin random_masking_triton share one schema:
   (x [N, L, D], noise [N, L] float32 or None, len_keep, seed, offset) -> (x_masked [N, K, D], mask [N, L] f32,
                                                                            ids_restore [N, L] i64, ids_keep [N, K] i64)
-With noise None the GPU kernels draw Philox numbers from (seed, offset); the CPU kernel always gets noise
-(torch.rand, exactly as the official code). Ties in the noise: lower index first on every backend.
+With noise None the cuda and triton kernels draw the same Philox4x32-10 numbers from (seed, offset) (counter
+offset + n*L + l; torch.manual_seed reproduces them); the CPU kernel always gets noise (torch.rand, exactly as
+the official code). Ties in the noise: lower index first, NaN last, on every backend. The cuda and triton
+kernels sort one row per block / program: L <= MAX_L, checked here.
 """
 import torch
 
@@ -13,6 +15,10 @@ from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
 from ._rng import seed_offset
 from ._validate import check_mask_ratio, check_tensor
+
+# Longest row the cuda and triton kernels sort (one block / program per row; csrc/cuda/kernels/random_masking.cuh
+# and mae_kernels/triton/random_masking.py hold the same number).
+MAX_L = 8192
 
 _SCHEMA = ("(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
            "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)")
@@ -78,6 +84,9 @@ def _run(x, mask_ratio, noise, generator):
     N, L, _ = x.shape
     keep = reference.len_keep(L, mask_ratio)
     backend = select("random_masking", x.device.type)
+    if backend in ("cuda", "triton") and L > MAX_L:
+        raise ValueError(f"random_masking: the {backend} backend sorts rows of at most L = {MAX_L} tokens, got "
+                         f"L = {L}; use the cpu or reference backend (mae_kernels.use_backend) for longer rows")
     if backend == "reference":
         if noise is None:
             noise = torch.rand(N, L, device=x.device, generator=generator)
@@ -89,7 +98,7 @@ def _run(x, mask_ratio, noise, generator):
             # The official torch.rand noise: identical masks to the reference for the same seed (and traceable).
             noise = torch.rand(N, L, device=x.device, generator=generator)
         else:
-            seed, offset = seed_offset(x.device, generator, L)
+            seed, offset = seed_offset(x.device, generator, N * L)  # one counter per element
     return OPS[backend](x, noise, keep, seed, offset)
 
 
