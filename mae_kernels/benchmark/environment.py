@@ -81,6 +81,7 @@ def collect(device):
         "cpu": cpu_name(),
         "cpu_cores": cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
