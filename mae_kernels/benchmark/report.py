@@ -63,7 +63,7 @@ def plot(path, environment, rows):
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{op}\n{shape}\n{dtype} {mode}" for op, shape, dtype, mode in groups], fontsize=7)
     ax.set_ylabel("speedup over eager reference (median)")
-    ax.set_title(f"mae_kernels on {environment['device']} (torch {environment['torch']}, "
+    ax.set_title(f"mae_kernels on {environment['device']}\n(torch {environment['torch']}, "
                  f"commit {(environment.get('git_commit') or '?')[:8]})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
