@@ -1,0 +1,5 @@
+"""Benchmark harness of mae_kernels (`mae-kernels bench`, bench/test_bench_<op>.py).
+
+harness.py times one op for one provider and mode; cases/<op>.py holds each op's setup (inputs, the reference
+and public functions, official and smoke shapes, bytes moved); environment.py names the device and versions;
+report.py prints the table and writes the JSON and the plot. See bench/README.md."""

@@ -1,0 +1,55 @@
+"""The benchmark harness itself: the CLI writes its table, JSON and plot; unavailable providers say why;
+checks catch a wrong provider."""
+import json
+
+import pytest
+import torch
+
+from mae_kernels.benchmark import cases, cli, harness
+
+
+def test_cli_quick_writes_json_and_png(tmp_path, capsys):
+    rc = cli.main(["--quick", "--providers", "reference,cpu,cuda", "--out", str(tmp_path), "--note", "test"])
+    assert rc == 0
+    (json_path,) = tmp_path.glob("*-quick.json")
+    assert json_path.with_suffix(".png").stat().st_size > 0
+    data = json.loads(json_path.read_text())
+    assert data["torch"] == torch.__version__ and data["settings"]["note"] == "test"
+    ok = {(r["provider"], r["mode"]) for r in data["rows"] if r["status"] == "ok"}
+    assert ok == {(p, m) for p in ("reference", "cpu") for m in harness.MODES}
+    for r in data["rows"]:
+        if r["status"] == "ok":
+            assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] and r["gbps"] > 0
+            assert r["peak_mb"] is None  # CPU: n/a
+            assert r["provider"] != "reference" or r["speedup"] == 1.0
+    (cuda,) = [r for r in data["rows"] if r["provider"] == "cuda"]
+    assert cuda["status"] == "unavailable" and "cuda" in cuda["reason"]
+    out = capsys.readouterr().out
+    assert "median ms" in out and "unavailable: random_masking" in out
+
+
+def test_cli_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        cli.main(["--providers", "reference,fastest"])
+    with pytest.raises(SystemExit):
+        cli.main(["--ops", "no_such_op"])
+
+
+def test_check_catches_a_wrong_provider():
+    module = cases.load("random_masking")
+    case = module.setup("cpu", **module.SMOKE[0])
+    harness.check(case, case.reference)
+
+    def wrong(x, noise):
+        x_masked, mask, ids_restore = case.reference(x, noise)
+        return x_masked * 1.001, mask, ids_restore
+    with pytest.raises(AssertionError, match="output differs"):
+        harness.check(case, wrong)
+
+
+def test_every_case_module_is_complete():
+    for name in cases.names():
+        module = cases.load(name)
+        assert module.OP == name and module.SHAPES["cpu"] and module.SHAPES["cuda"] and module.SMOKE
+        case = module.setup("cpu", **module.SMOKE[0])
+        assert set(case.bytes) == set(harness.MODES) and all(b > 0 for b in case.bytes.values())
