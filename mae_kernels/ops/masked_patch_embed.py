@@ -34,7 +34,7 @@ OPS = {"cpu": compiled_op("masked_patch_embed"), "cuda": compiled_op("masked_pat
 
 def _fake(imgs, ids_keep, weight, bias, pos_embed):
     dtype = imgs.dtype if pos_embed is None else torch.promote_types(imgs.dtype, pos_embed.dtype)
-    return imgs.new_empty(*ids_keep.shape, weight.shape[0], dtype=dtype, memory_format=torch.contiguous_format)
+    return imgs.new_empty(*ids_keep.shape, weight.shape[0], dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):

@@ -49,7 +49,7 @@ OPS = {"cpu": _compiled, "cuda": _compiled,
 
 def _fake_patchify(imgs, p):
     N, C, H, W = imgs.shape
-    return imgs.new_empty(N, (H // p) * (W // p), p * p * C, memory_format=torch.contiguous_format)
+    return imgs.new_empty(N, (H // p) * (W // p), p * p * C)
 
 
 def _fake_unpatchify(x, p, H, W):
@@ -59,7 +59,7 @@ def _fake_unpatchify(x, p, H, W):
 
 def _fake_masked_patchify(imgs, ids_keep, p):
     N, C, _, _ = imgs.shape
-    return imgs.new_empty(N, ids_keep.shape[1], p * p * C, memory_format=torch.contiguous_format)
+    return imgs.new_empty(N, ids_keep.shape[1], p * p * C)
 
 
 def _fake_masked_patchify_backward(grad, ids_keep, p, H, W):
