@@ -37,8 +37,11 @@ void gather_patches(const word* img, const int64_t* ids, PatchLayout lay, int64_
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / K;
       const int64_t l = ids ? ids[i] : i % K;
+      const word* src = img + lay.offset(n, l, 0);  // the patch's top-left pixel, channel 0
       word* dst = out + i * P;
-      for (int64_t j = 0; j < P; ++j) dst[j] = img[lay.offset(n, l, j)];
+      for (int64_t r = 0; r < lay.p; ++r)
+        for (int64_t q = 0; q < lay.p; ++q)
+          for (int64_t c = 0; c < lay.C; ++c) *dst++ = src[r * lay.s_h + q * lay.s_w + c * lay.s_c];
     }
   });
 }
@@ -52,7 +55,10 @@ void scatter_patches(const word* src, const int64_t* ids, PatchLayout lay, int64
       const int64_t n = i / K;
       const int64_t l = ids ? ids[i] : i % K;
       const word* row = src + i * P;
-      for (int64_t j = 0; j < P; ++j) img[lay.offset(n, l, j)] = row[j];
+      word* dst = img + lay.offset(n, l, 0);
+      for (int64_t r = 0; r < lay.p; ++r)
+        for (int64_t q = 0; q < lay.p; ++q)
+          for (int64_t c = 0; c < lay.C; ++c) dst[r * lay.s_h + q * lay.s_w + c * lay.s_c] = *row++;
     }
   });
 }
