@@ -11,6 +11,15 @@ TORCH_LIBRARY(mae_kernels, m) {
   m.def("random_masking(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
         "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)");
   m.def("random_masking_backward(Tensor grad_x_masked, Tensor ids_keep, int L) -> Tensor");
+  // patchify family: gathers / scatters between images [N, C, H, W] (any strides) and patch vectors
+  // [N, K, p*p*C] in (p_row, p_col, c) order; masked_* take the K kept patch indices ids_keep [N, K] int64.
+  m.def("patchify(Tensor imgs, int patch_size) -> Tensor");
+  m.def("unpatchify(Tensor x, int patch_size, int height, int width) -> Tensor");
+  m.def("masked_patchify(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
+  m.def("masked_patchify_backward(Tensor grad, Tensor ids_keep, int patch_size, int height, int width) -> Tensor");
+  // masked patch embedding: Conv2d patch embedding (weight [D, C, p, p]) of the kept patches only,
+  // + pos_embed[0, 1 + ids_keep] when given -> [N, K, D]. Backward composes masked_patchify(_backward) + GEMMs.
+  m.def("masked_patch_embed(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed) -> Tensor");
 }
 
 namespace py = pybind11;

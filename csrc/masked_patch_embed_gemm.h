@@ -1,0 +1,30 @@
+// masked_patch_embed on CPU and CUDA: the kept patches gathered by mae_kernels::masked_patchify (only their
+// pixels are read), one GEMM with the bias (at::addmm: multi-threaded on CPU, cuBLAS on CUDA), then the
+// positional embedding rows 1 + ids_keep added. The Conv2d weight [D, C, p, p] is permuted to MAE's
+// (p_row, p_col, c) patch order. Output dtype: imgs' dtype promoted with pos_embed's (as the reference's add).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+
+namespace mae_kernels {
+
+inline at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tensor& ids_keep, const at::Tensor& weight,
+                                          const at::Tensor& bias, const std::optional<at::Tensor>& pos_embed) {
+  static auto masked_patchify = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("mae_kernels::masked_patchify", "")
+                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
+  const int64_t N = ids_keep.size(0), K = ids_keep.size(1), D = weight.size(0), p = weight.size(3);
+  const int64_t P = weight.numel() / D;
+  const at::Tensor patches = masked_patchify.call(imgs, ids_keep, p).view({N * K, P});
+  const at::Tensor w = weight.permute({0, 2, 3, 1}).reshape({D, P});  // (c, p_row, p_col) -> (p_row, p_col, c)
+  at::Tensor out = at::addmm(bias, patches, w.t()).view({N, K, D});
+  if (pos_embed.has_value()) {
+    const at::Tensor rows = ids_keep.reshape({N * K}) + 1;  // row 0 of pos_embed is the cls token's
+    out = out + pos_embed->select(0, 0).index_select(0, rows).view({N, K, D});
+  }
+  return out;
+}
+
+}  // namespace mae_kernels
