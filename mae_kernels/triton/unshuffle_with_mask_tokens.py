@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 _ROWS = 16  # output rows per program (the interpreter costs ~1 ms per program: many rows each)
+_CHUNK = 32  # terms per partial sum in the sequential reductions (over the batch, over row blocks)
 
 
 def _block_d(D):
@@ -60,7 +61,7 @@ def _backward_rows_kernel(
     gpos_ptr,     # [R, D] float32 (unused unless POS_GRAD)
     partial_ptr,  # [cdiv(R, ROWS), D] float32: per program, the mask-token gradient of its rows
     N, L, K, D, c,
-    POS_GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    POS_GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     rb = tl.program_id(0).to(tl.int64)
     R = c + L
@@ -71,15 +72,20 @@ def _backward_rows_kernel(
     ok = row_ok[:, None] & d_ok[None, :]
     acc_pos = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     acc_mask = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
-    for n in range(0, N):
-        n64 = tl.cast(n, tl.int64)
-        g = tl.load(grad_ptr + (n64 * R + j)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-        dst = _source_rows(ids_ptr, n64, j, L, K, c, row_ok)
-        to_x = (dst >= 0)[:, None] & ok
-        tl.store(gx_ptr + (n64 * (c + K) + tl.maximum(dst, 0))[:, None] * D + d[None, :],
-                 g.to(gx_ptr.dtype.element_ty), mask=to_x)
-        acc_mask += tl.where(to_x, 0.0, g)
-        acc_pos += g
+    for n0 in range(0, N, CHUNK):  # chunked sums: error grows with CHUNK + N / CHUNK, not N
+        chunk_pos = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+        chunk_mask = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+        for n in range(n0, tl.minimum(n0 + CHUNK, N)):
+            n64 = tl.cast(n, tl.int64)
+            g = tl.load(grad_ptr + (n64 * R + j)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+            dst = _source_rows(ids_ptr, n64, j, L, K, c, row_ok)
+            to_x = (dst >= 0)[:, None] & ok
+            tl.store(gx_ptr + (n64 * (c + K) + tl.maximum(dst, 0))[:, None] * D + d[None, :],
+                     g.to(gx_ptr.dtype.element_ty), mask=to_x)
+            chunk_mask += tl.where(to_x, 0.0, g)
+            chunk_pos += g
+        acc_pos += chunk_pos
+        acc_mask += chunk_mask
     if POS_GRAD:
         tl.store(gpos_ptr + j[:, None] * D + d[None, :], acc_pos, mask=ok)
     tl.store(partial_ptr + rb * D + d, tl.sum(acc_mask, axis=0), mask=d_ok)
@@ -90,13 +96,16 @@ def _backward_mask_sum_kernel(
     partial_ptr,  # [B, D] float32
     gm_ptr,       # [D] float32
     B, D,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     d = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     d_ok = d < D
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for b in range(0, B):
-        acc += tl.load(partial_ptr + b * D + d, mask=d_ok, other=0.0)
+    for b0 in range(0, B, CHUNK):
+        chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for b in range(b0, tl.minimum(b0 + CHUNK, B)):
+            chunk += tl.load(partial_ptr + tl.cast(b, tl.int64) * D + d, mask=d_ok, other=0.0)
+        acc += chunk
     tl.store(gm_ptr + d, acc, mask=d_ok)
 
 
@@ -137,6 +146,7 @@ def unshuffle_with_mask_tokens_backward(grad_out, ids_restore, K, has_cls, x_dty
     partial = torch.empty(blocks, D, device=dev, dtype=torch.float32)
     _backward_rows_kernel[(blocks, triton.cdiv(D, block_d))](
         grad, ids, grad_x, grad_pos if pos_grad else partial, partial, N, R - c, K, D, c,
-        POS_GRAD=pos_grad, ROWS=_ROWS, BLOCK_D=block_d)
-    _backward_mask_sum_kernel[(triton.cdiv(D, block_d),)](partial, grad_mask, blocks, D, BLOCK_D=block_d)
+        POS_GRAD=pos_grad, ROWS=_ROWS, BLOCK_D=block_d, CHUNK=_CHUNK)
+    _backward_mask_sum_kernel[(triton.cdiv(D, block_d),)](partial, grad_mask, blocks, D, BLOCK_D=block_d,
+                                                       CHUNK=_CHUNK)
     return grad_x, grad_mask, grad_pos

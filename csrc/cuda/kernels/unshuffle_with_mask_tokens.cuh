@@ -6,6 +6,10 @@
 namespace mae_kernels {
 namespace cuda {
 
+// Long column sums are taken in chunks of kSumChunk terms (fp32), then the chunk sums are added: rounding
+// error grows with kSumChunk + count / kSumChunk instead of count, and the order stays fixed (deterministic).
+constexpr int64_t kSumChunk = 32;
+
 // Row j of sample n reads: x row 0 for the cls row, x row c + r when r = ids[n, j - c] is in [0, K),
 // else the mask token (-1). Out-of-range ids read the mask token: never an out-of-bounds access.
 __device__ __forceinline__ int64_t unshuffle_source_row(const int64_t* ids, int64_t n, int64_t j, int64_t L,
@@ -49,15 +53,21 @@ __global__ void unshuffle_backward_rows_kernel(const g_t* __restrict__ grad, con
   if (d >= D) return;
   for (int64_t j = blockIdx.x; j < R; j += gridDim.x) {
     float acc_pos = 0.0f, acc_mask = 0.0f;
-    for (int64_t n = 0; n < N; ++n) {
-      const float g = static_cast<float>(grad[(n * R + j) * D + d]);
-      const int64_t dst_row = unshuffle_source_row(ids, n, j, L, K, c);
-      if (dst_row >= 0) {
-        grad_x[(n * (c + K) + dst_row) * D + d] = static_cast<x_t>(g);
-      } else {
-        acc_mask += g;
+    for (int64_t n0 = 0; n0 < N; n0 += kSumChunk) {
+      float chunk_pos = 0.0f, chunk_mask = 0.0f;
+      const int64_t n1 = n0 + kSumChunk < N ? n0 + kSumChunk : N;
+      for (int64_t n = n0; n < n1; ++n) {
+        const float g = static_cast<float>(grad[(n * R + j) * D + d]);
+        const int64_t dst_row = unshuffle_source_row(ids, n, j, L, K, c);
+        if (dst_row >= 0) {
+          grad_x[(n * (c + K) + dst_row) * D + d] = static_cast<x_t>(g);
+        } else {
+          chunk_mask += g;
+        }
+        chunk_pos += g;
       }
-      acc_pos += g;
+      acc_pos += chunk_pos;
+      acc_mask += chunk_mask;
     }
     if (grad_pos != nullptr) grad_pos[j * D + d] = acc_pos;
     partial[j * D + d] = acc_mask;
@@ -70,7 +80,12 @@ __global__ void unshuffle_backward_mask_sum_kernel(const float* __restrict__ par
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= D) return;
   float s = 0.0f;
-  for (int64_t j = 0; j < R; ++j) s += partial[j * D + d];
+  for (int64_t j0 = 0; j0 < R; j0 += kSumChunk) {
+    float chunk = 0.0f;
+    const int64_t j1 = j0 + kSumChunk < R ? j0 + kSumChunk : R;
+    for (int64_t j = j0; j < j1; ++j) chunk += partial[j * D + d];
+    s += chunk;
+  }
   grad_mask[d] = s;
 }
 
