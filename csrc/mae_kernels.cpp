@@ -20,6 +20,14 @@ TORCH_LIBRARY(mae_kernels, m) {
   // masked patch embedding: Conv2d patch embedding (weight [D, C, p, p]) of the kept patches only,
   // + pos_embed[0, 1 + ids_keep] when given -> [N, K, D]. Backward composes masked_patchify(_backward) + GEMMs.
   m.def("masked_patch_embed(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed) -> Tensor");
+  // decoder input: out[n, c + l] = (ids_restore[n, l] < K ? x[n, c + ids_restore[n, l]] : mask_token)
+  // (+ pos_embed), c = has_cls (cls row copied); computed in fp32, rounded once to out_dtype.
+  m.def("unshuffle_with_mask_tokens(Tensor x, Tensor mask_token, Tensor ids_restore, Tensor? pos_embed, "
+        "bool has_cls, ScalarType out_dtype) -> Tensor");
+  // its backward, fused: grad_x (x_dtype; gather), grad_mask_token [1, 1, D] and grad_pos_embed
+  // [1, c + L, D] (empty unless pos_grad) in fp32, by deterministic two-stage reductions.
+  m.def("unshuffle_with_mask_tokens_backward(Tensor grad_out, Tensor ids_restore, int K, bool has_cls, "
+        "ScalarType x_dtype, bool pos_grad) -> (Tensor grad_x, Tensor grad_mask_token, Tensor grad_pos_embed)");
 }
 
 namespace py = pybind11;

@@ -1,0 +1,152 @@
+"""Triton kernels of the decoder input (mask-token scatter / unshuffle) and its fused backward, with launchers.
+
+Same semantics as csrc/cpu/unshuffle_with_mask_tokens.cpp: every output row reads its source through
+ids_restore (a pure gather), values computed in fp32 and rounded once to the output dtype; the backward reads
+grad_out once, writes grad_x once and reduces the mask-token / pos_embed gradients in two deterministic stages.
+c = has_cls (0 or 1), R = c + L output rows, K kept rows.
+"""
+import torch
+import triton
+import triton.language as tl
+
+_ROWS = 16  # output rows per program (the interpreter costs ~1 ms per program: many rows each)
+_CHUNK = 32  # terms per partial sum in the sequential reductions (over the batch, over row blocks)
+
+
+def _block_d(D):
+    return min(max(triton.next_power_of_2(D), 16), 512)
+
+
+@triton.jit
+def _source_rows(ids_ptr, n, j, L, K, c, row_ok):
+    """x row (int64) each output row j of sample n reads; -1 for the mask token (also for out-of-range ids)."""
+    l = tl.maximum(j - c, 0)
+    r = tl.load(ids_ptr + n * L + l, mask=row_ok & (j >= c), other=-1)
+    src = tl.where((r >= 0) & (r < K), c + r, -1)
+    return tl.where(j < c, 0, src)
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr,      # [N, c + K, D], strides (sxn, sxr, sxd)
+    mt_ptr,     # [D] float32
+    ids_ptr,    # [N, L] int64
+    pos_ptr,    # [R, D] float32 (unused unless HAS_POS)
+    out_ptr,    # [N, R, D] contiguous
+    L, K, D, c, sxn, sxr, sxd,
+    HAS_POS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    R = c + L
+    j = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    d = tl.program_id(2).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    row_ok = j < R
+    d_ok = d < D
+    src = _source_rows(ids_ptr, n, j, L, K, c, row_ok)
+    from_x = (src >= 0)[:, None] & row_ok[:, None] & d_ok[None, :]
+    xv = tl.load(x_ptr + n * sxn + tl.maximum(src, 0)[:, None] * sxr + d[None, :] * sxd, mask=from_x, other=0.0)
+    mt = tl.load(mt_ptr + d, mask=d_ok, other=0.0)
+    v = tl.where(from_x, xv.to(tl.float32), mt[None, :])
+    ok = row_ok[:, None] & d_ok[None, :]
+    if HAS_POS:
+        v += tl.load(pos_ptr + j[:, None] * D + d[None, :], mask=ok, other=0.0)
+    tl.store(out_ptr + (n * R + j)[:, None] * D + d[None, :], v.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _backward_rows_kernel(
+    grad_ptr,     # [N, R, D] contiguous
+    ids_ptr,      # [N, L] int64
+    gx_ptr,       # [N, c + K, D] contiguous, x's dtype
+    gpos_ptr,     # [R, D] float32 (unused unless POS_GRAD)
+    partial_ptr,  # [cdiv(R, ROWS), D] float32: per program, the mask-token gradient of its rows
+    N, L, K, D, c,
+    POS_GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    rb = tl.program_id(0).to(tl.int64)
+    R = c + L
+    j = rb * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    row_ok = j < R
+    d_ok = d < D
+    ok = row_ok[:, None] & d_ok[None, :]
+    acc_pos = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    acc_mask = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, N, CHUNK):  # chunked sums: error grows with CHUNK + N / CHUNK, not N
+        chunk_pos = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+        chunk_mask = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+        for n in range(n0, tl.minimum(n0 + CHUNK, N)):
+            n64 = tl.cast(n, tl.int64)
+            g = tl.load(grad_ptr + (n64 * R + j)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+            dst = _source_rows(ids_ptr, n64, j, L, K, c, row_ok)
+            to_x = (dst >= 0)[:, None] & ok
+            tl.store(gx_ptr + (n64 * (c + K) + tl.maximum(dst, 0))[:, None] * D + d[None, :],
+                     g.to(gx_ptr.dtype.element_ty), mask=to_x)
+            chunk_mask += tl.where(to_x, 0.0, g)
+            chunk_pos += g
+        acc_pos += chunk_pos
+        acc_mask += chunk_mask
+    if POS_GRAD:
+        tl.store(gpos_ptr + j[:, None] * D + d[None, :], acc_pos, mask=ok)
+    tl.store(partial_ptr + rb * D + d, tl.sum(acc_mask, axis=0), mask=d_ok)
+
+
+@triton.jit
+def _backward_mask_sum_kernel(
+    partial_ptr,  # [B, D] float32
+    gm_ptr,       # [D] float32
+    B, D,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    d = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for b0 in range(0, B, CHUNK):
+        chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for b in range(b0, tl.minimum(b0 + CHUNK, B)):
+            chunk += tl.load(partial_ptr + tl.cast(b, tl.int64) * D + d, mask=d_ok, other=0.0)
+        acc += chunk
+    tl.store(gm_ptr + d, acc, mask=d_ok)
+
+
+def unshuffle_with_mask_tokens_forward(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype):
+    """out [N, c + L, D] in out_dtype (see mae_kernels.ops.unshuffle_with_mask_tokens)."""
+    N, _, D = x.shape
+    L = ids_restore.shape[1]
+    c = int(has_cls)
+    K = x.shape[1] - c
+    R = c + L
+    out = torch.empty(N, R, D, device=x.device, dtype=out_dtype)
+    if out.numel() == 0:
+        return out
+    ids = ids_restore.contiguous()
+    mt = mask_token.reshape(D).to(torch.float32).contiguous()
+    pos = pos_embed.reshape(R, D).to(torch.float32).contiguous() if pos_embed is not None else mt
+    block_d = _block_d(D)
+    grid = (N, triton.cdiv(R, _ROWS), triton.cdiv(D, block_d))
+    _forward_kernel[grid](x, mt, ids, pos, out, L, K, D, c, x.stride(0), x.stride(1), x.stride(2),
+                          HAS_POS=pos_embed is not None, ROWS=_ROWS, BLOCK_D=block_d)
+    return out
+
+
+def unshuffle_with_mask_tokens_backward(grad_out, ids_restore, K, has_cls, x_dtype, pos_grad):
+    """(grad_x [N, c + K, D] x_dtype, grad_mask_token [1, 1, D] f32, grad_pos_embed [1, R, D] f32 or [0])."""
+    grad = grad_out.contiguous()
+    ids = ids_restore.contiguous()
+    N, R, D = grad.shape
+    c = int(has_cls)
+    dev = grad.device
+    grad_x = torch.empty(N, c + K, D, device=dev, dtype=x_dtype)
+    grad_mask = torch.zeros(1, 1, D, device=dev, dtype=torch.float32)
+    grad_pos = torch.empty(1, R, D, device=dev, dtype=torch.float32) if pos_grad else grad_mask.new_empty(0)
+    if D == 0 or R == 0:
+        return grad_x, grad_mask, grad_pos
+    block_d = _block_d(D)
+    blocks = triton.cdiv(R, _ROWS)
+    partial = torch.empty(blocks, D, device=dev, dtype=torch.float32)
+    _backward_rows_kernel[(blocks, triton.cdiv(D, block_d))](
+        grad, ids, grad_x, grad_pos if pos_grad else partial, partial, N, R - c, K, D, c,
+        POS_GRAD=pos_grad, ROWS=_ROWS, BLOCK_D=block_d, CHUNK=_CHUNK)
+    _backward_mask_sum_kernel[(triton.cdiv(D, block_d),)](partial, grad_mask, blocks, D, BLOCK_D=block_d,
+                                                       CHUNK=_CHUNK)
+    return grad_x, grad_mask, grad_pos
