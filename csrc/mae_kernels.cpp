@@ -11,6 +11,13 @@ TORCH_LIBRARY(mae_kernels, m) {
   m.def("random_masking(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
         "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)");
   m.def("random_masking_backward(Tensor grad_x_masked, Tensor ids_keep, int L) -> Tensor");
+  // masked MSE loss (mask float32 [N, L]; pred row j is patch ids_rows[n, j], or patch j when ids_rows is None):
+  // (loss, d loss / d pred for grad_loss = 1, or empty); the backward op recomputes for imgs.
+  m.def("masked_mse_loss(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int patch_size, "
+        "bool norm_pix_loss, float eps, bool with_grad) -> (Tensor loss, Tensor grad_pred)");
+  m.def("masked_mse_loss_backward(Tensor grad_loss, Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, "
+        "int patch_size, bool norm_pix_loss, float eps, bool need_pred, bool need_imgs) -> "
+        "(Tensor grad_pred, Tensor grad_imgs)");
 }
 
 namespace py = pybind11;

@@ -4,7 +4,9 @@ Public API only; see README.md. Backends: mae_kernels.backends (use_backend, MAE
 from . import _ext  # noqa: F401  (loads the compiled ops when built)
 from .backends import BackendUnavailable, use_backend
 from .ops.random_masking import random_mask_indices, random_masking
+from .ops.masked_mse_loss import denormalize_pred, masked_mse_loss, patch_stats
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "use_backend", "random_masking", "random_mask_indices"]
+__all__ = ["BackendUnavailable", "use_backend", "random_masking", "random_mask_indices",
+           "masked_mse_loss", "patch_stats", "denormalize_pred"]
