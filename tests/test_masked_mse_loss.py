@@ -81,16 +81,24 @@ def fp32_tol(want, rtol=1e-5):
     return rtol * want.abs().max().double().cpu().clamp_min(1e-30) + 1e-12
 
 
-def check_against_fp64(got, pred, imgs, mask, p, norm, check_imgs):
-    """fp32: within 1e-5 relative of float64; fp16/bf16 pred: within twice the error of the eager code in that
-    dtype (plus the fp32 floor)."""
+def ulp(x, dtype):
+    """One unit in the last place of dtype at |x| (elementwise)."""
+    return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(x.double().abs().clamp_min(1e-30))))
+
+
+def check_against_fp64(got, pred, imgs, mask, p, norm, check_imgs, backend=None, eager_floor=False):
+    """fp32: within 1e-5 relative of float64; fp16/bf16: max error at most twice the eager code's max error in
+    that dtype (plus the fp32 floor; eager_floor: in fp32 too, for inputs where fp32 itself errs).
+    The Triton interpreter truncates fp32 -> bf16 casts: 1 ulp allowed there."""
     ref = fp64_loss_and_grads(pred, imgs, mask, p, norm)
     eager = eager_loss_and_grads(pred, imgs, mask, p, norm)
     names = ["loss", "grad pred", "grad imgs"]
     for k in range(3 if check_imgs else 2):
         tol = fp32_tol(ref[k])
-        if pred.dtype != torch.float32 or imgs.dtype != torch.float32:
-            tol = tol + 2 * (eager[k].double() - ref[k]).abs()
+        if eager_floor or pred.dtype != torch.float32 or imgs.dtype != torch.float32:
+            tol = tol + 2 * (eager[k].double() - ref[k]).abs().max()
+            if backend == "triton" and got[k].device.type == "cpu" and got[k].dtype == torch.bfloat16:
+                tol = torch.maximum(tol, ulp(ref[k], torch.bfloat16) + fp32_tol(ref[k]))
         assert_close(names[k], got[k], ref[k], tol)
 
 
@@ -104,7 +112,7 @@ def test_matches_fp64(backend, shape, dtype, mask_kind, norm):
     got = run_loss(backend, pred, imgs, mask, shape[3], norm)
     assert got[0].dtype == torch.float32 and got[0].dim() == 0
     assert got[1].dtype == dtype
-    check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=False)
+    check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=False, backend=backend)
     assert (got[1][mask == 0] == 0).all(), "kept patches must get a zero gradient"
 
 
@@ -116,7 +124,7 @@ def test_imgs_gradient(backend, shape, img_dtype, norm):
     """d loss / d imgs through the per-patch normalisation, against autograd of the float64 reference."""
     pred, imgs, mask = make_inputs(*shape, img_dtype=img_dtype)
     got = run_loss(backend, pred, imgs, mask, shape[3], norm, grad_imgs=True)
-    check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=True)
+    check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=True, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -135,9 +143,11 @@ def test_removed_only_layout(backend, dtype):
         ref = fp64_loss_and_grads(pred, imgs, mask, p, norm, ids_shuffle)
         full = run_loss(backend, pred_full, imgs, mask, p, norm, grad_imgs=True)
         for k, name in enumerate(["loss", "grad pred", "grad imgs"]):
-            tol = fp32_tol(ref[k]) + (2 * (full[k].double() - ref[k]).abs() if k == 1 else 0)
+            tol = fp32_tol(ref[k]) + (ulp(ref[k], dtype) if k == 1 and dtype != torch.float32 else 0)
             assert_close(name, got[k], ref[k], tol)
         assert_close("loss vs full layout", got[0], full[0], fp32_tol(full[0]))
+        full_removed = torch.gather(full[1], 1, ids_shuffle[:, K:, None].expand(-1, -1, P))
+        assert_close("grad pred vs full layout", got[1], full_removed, 0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -166,7 +176,7 @@ def test_constant_patches(backend, dtype):
     imgs = torch.full_like(imgs, 0.37)
     imgs[1] = 1e4  # a constant, large-magnitude sample too
     got = run_loss(backend, pred, imgs, mask, p, True, grad_imgs=True)
-    check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=True)
+    check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=True, backend=backend, eager_floor=True)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -182,7 +192,7 @@ def test_large_magnitude(backend):
             assert_close(name, got[k], ref[k], fp32_tol(ref[k]) + 2 * (eager[k].double() - ref[k]).abs())
     big = make_inputs(C, H, W, p, scale=1e4)  # large spread as well
     got = run_loss(backend, *big, p, True, grad_imgs=True)
-    check_against_fp64(got, *big, p, True, check_imgs=True)
+    check_against_fp64(got, *big, p, True, check_imgs=True, backend=backend, eager_floor=True)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -270,7 +280,8 @@ def test_bad_input():
         (TypeError, "ids_shuffle must have dtype", lambda: f(pred, imgs, mask, p, ids_shuffle=mask)),
         (ValueError, "ids_shuffle must hold patch indices",
          lambda: f(pred[:, :2], imgs, mask, p, ids_shuffle=torch.full((2, L), L))),
-        (ValueError, "norm_pix_loss needs at least 2", lambda: f(pred[..., :1], imgs[:, :1], mask, 4 // 4 * 1)),
+        (ValueError, "norm_pix_loss needs at least 2",
+         lambda: f(torch.zeros(2, H * W, 1), imgs[:, :1], torch.ones(2, H * W), 1)),
         (ValueError, "pred must have shape", lambda: mae_kernels.denormalize_pred(pred[:, :1], imgs, p)),
         (ValueError, "patch_size must divide", lambda: mae_kernels.patch_stats(imgs, 5)),
     ]
@@ -357,7 +368,7 @@ def test_gpu_matches_fp64(backend, shape, dtype):
             pred, imgs, mask = make_inputs(*shape, N=4, dtype=dtype, mask_kind=mask_kind, device="cuda")
             got = run_loss(backend, pred, imgs, mask, shape[3], norm, grad_imgs=True)
             assert got[1].device.type == "cuda"
-            check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=True)
+            check_against_fp64(got, pred, imgs, mask, shape[3], norm, check_imgs=True, backend=backend)
             assert (got[1][mask != 0].numel() == 0) or (got[1][mask == 0] == 0).all()
 
 
@@ -374,7 +385,7 @@ def test_gpu_mae_base_shape(backend, dtype):
     got = run_loss(backend, pred, imgs, mask, p, True)
     again = run_loss(backend, pred, imgs, mask, p, True)
     assert torch.equal(got[0], again[0]) and torch.equal(got[1], again[1]), "not deterministic"
-    check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=False)
+    check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=False, backend=backend)
     # the removed-only layout on the same data
     ids_shuffle = torch.argsort(ids_restore, dim=1)
     K = L - int(mask[0].sum().item())
@@ -394,7 +405,7 @@ def test_gpu_edge_cases(backend):
     const = torch.full_like(imgs, 0.37)
     const[1] = 1e4
     check_against_fp64(run_loss(backend, pred, const, mask, p, True, grad_imgs=True), pred, const, mask, p, True,
-                       check_imgs=True)
+                       check_imgs=True, backend=backend, eager_floor=True)
     big = imgs + 1e4
     got = run_loss(backend, pred, big, mask, p, True, grad_imgs=True)
     ref = fp64_loss_and_grads(pred, big, mask, p, True)

@@ -40,7 +40,7 @@ def _masked_mse_rows_kernel(
     w = tl.where(in_range, w, 0.0)
     i = tl.arange(0, BLOCK).to(tl.int64)
     in_row = i < P
-    active = in_row & (w != 0.0)  # kept patches: no memory traffic
+    active = i < tl.where(w != 0.0, P, 0)  # kept patches: no memory traffic
     # Patch vector element i = (pr * p + pc) * C + c  <->  pixel (c, hp * p + pr, wp * p + pc).
     pr = i // (p * C)
     pc = (i // C) % p
@@ -51,8 +51,9 @@ def _masked_mse_rows_kernel(
     y = tl.load(pred_ptr + row * P + i, mask=active, other=0.0).to(tl.float32)
     if NORM:
         # Shifted by the patch's first pixel: exact for large offsets (two-pass variance on top).
+        active0 = w != 0.0
         shift = tl.load(imgs_ptr + n * s_n + (l // w_patches) * p * s_h + (l % w_patches) * p * s_w,
-                        mask=w != 0.0, other=0.0).to(tl.float32)
+                        mask=active0, other=0.0).to(tl.float32)
         mean = shift + tl.sum(tl.where(active, x - shift, 0.0), axis=0) / P
         xc = tl.where(active, x - mean, 0.0)
         var = tl.sum(xc * xc, axis=0) / (P - 1)
