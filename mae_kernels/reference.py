@@ -105,8 +105,9 @@ def denormalize_pred(pred, imgs, patch_size, eps=1e-6):
 
 
 def patch_mse(pred, imgs, patch_size, norm_pix_loss=True, eps=1e-6):
-    """Per-patch MSE of the official forward_loss, fp32 (fp64 for fp64 inputs) [N, L]: ((pred - target) ** 2).mean(-1), the target
-    normalised per patch (unbiased variance, eps inside the sqrt) when norm_pix_loss. pred: [N, L, P]."""
+    """Per-patch MSE of the official forward_loss, [N, L] in fp32 (fp64 for fp64 inputs, so that tests have a
+    float64 reference): ((pred - target) ** 2).mean(-1), the target normalised per patch (unbiased variance, eps
+    inside the sqrt) when norm_pix_loss. pred: [N, L, P]."""
     dtype = torch.promote_types(torch.promote_types(pred.dtype, imgs.dtype), torch.float32)  # fp64 stays fp64
     target = patchify(imgs, patch_size).to(dtype)
     if norm_pix_loss:

@@ -31,6 +31,7 @@ void launch(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& ma
   const int64_t rows = pred.size(0) * pred.size(1);
   if (rows == 0) return;
   TORCH_CHECK(rows <= 2147483647LL, "mae_kernels::masked_mse_loss: too many rows for one launch (", rows, ")");
+  TORCH_CHECK(pred.size(2) <= 2147483647LL, "mae_kernels::masked_mse_loss: patches too large (", pred.size(2), ")");
   cuda::MseRowsParams g;
   g.R = pred.size(1);
   g.P = pred.size(2);

@@ -34,7 +34,9 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
 // Offset in imgs of patch-vector element i = (pr * p + pc) * C + c of the patch at (y0, x0) of sample n.
 __device__ __forceinline__ int64_t src_offset(const MseRowsParams& g, int64_t n, int64_t y0, int64_t x0,
                                               int64_t i, int64_t* dst) {
-  const int64_t c = i % g.C, pc = (i / g.C) % g.p, pr = i / (g.p * g.C);
+  // 32-bit division (P < 2^31, checked by the launcher), 64-bit addresses.
+  const int ii = static_cast<int>(i), C = static_cast<int>(g.C), p = static_cast<int>(g.p);
+  const int64_t c = ii % C, pc = (ii / C) % p, pr = ii / (p * C);
   *dst = ((n * g.C + c) * g.H + y0 + pr) * g.W + x0 + pc;  // in a contiguous [N, C, H, W] gradient
   return n * g.s_n + c * g.s_c + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
 }
