@@ -58,7 +58,10 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.args = (patch_size, norm_pix_loss, eps)
     ctx.stored_grad = with_grad
-    ctx.save_for_backward(pred, imgs, mask, ids_rows, output[1])
+    # The inputs only when backward must recompute (imgs gradient, or no stored pred gradient): keeping pred
+    # alive for nothing would cost as much memory as the stored gradient.
+    recompute = ctx.needs_input_grad[1] or not with_grad
+    ctx.save_for_backward(*((pred, imgs, mask, ids_rows) if recompute else (None,) * 4), output[1])
 
 
 def _make_backward(backward_op):
