@@ -28,6 +28,13 @@ TORCH_LIBRARY(mae_kernels, m) {
   // [1, c + L, D] (empty unless pos_grad) in fp32, by deterministic two-stage reductions.
   m.def("unshuffle_with_mask_tokens_backward(Tensor grad_out, Tensor ids_restore, int K, bool has_cls, "
         "ScalarType x_dtype, bool pos_grad) -> (Tensor grad_x, Tensor grad_mask_token, Tensor grad_pos_embed)");
+  // masked MSE loss (mask float32 [N, L]; pred row j is patch ids_rows[n, j], or patch j when ids_rows is None):
+  // (loss, d loss / d pred for grad_loss = 1, or empty); the backward op recomputes for imgs.
+  m.def("masked_mse_loss(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int patch_size, "
+        "bool norm_pix_loss, float eps, bool with_grad) -> (Tensor loss, Tensor grad_pred)");
+  m.def("masked_mse_loss_backward(Tensor grad_loss, Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, "
+        "int patch_size, bool norm_pix_loss, float eps, bool need_pred, bool need_imgs) -> "
+        "(Tensor grad_pred, Tensor grad_imgs)");
 }
 
 namespace py = pybind11;

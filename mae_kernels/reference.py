@@ -104,15 +104,34 @@ def denormalize_pred(pred, imgs, patch_size, eps=1e-6):
     return pred.float() * std + mean
 
 
-def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6):
-    """The official forward_loss: MSE on removed patches (mask == 1), against per-patch normalised pixels
-    when norm_pix_loss. pred: [N, L, P]; mask: [N, L]. Computed in fp32 (as autocast's promotion does)."""
-    target = patchify(imgs, patch_size).float()
+def patch_mse(pred, imgs, patch_size, norm_pix_loss=True, eps=1e-6):
+    """Per-patch MSE of the official forward_loss, [N, L] in fp32 (fp64 for fp64 inputs, so that tests have a
+    float64 reference): ((pred - target) ** 2).mean(-1), the target normalised per patch (unbiased variance, eps
+    inside the sqrt) when norm_pix_loss. pred: [N, L, P]."""
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, imgs.dtype), torch.float32)  # fp64 stays fp64
+    target = patchify(imgs, patch_size).to(dtype)
     if norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + eps) ** 0.5
-    loss = (pred.float() - target) ** 2
-    loss = loss.mean(dim=-1)
-    mask = mask.float()
+    loss = (pred.to(dtype) - target) ** 2
+    return loss.mean(dim=-1)
+
+
+def scatter_removed_pred(pred, ids_shuffle):
+    """Predictions of the removed patches only ([N, L - K, P], row j = patch ids_shuffle[n, K + j]) placed
+    in the full layout [N, L, P]; kept patches get zeros (they carry no loss)."""
+    N, R, P = pred.shape
+    L = ids_shuffle.shape[1]
+    full = pred.new_zeros(N, L, P)
+    index = ids_shuffle[:, L - R:].unsqueeze(-1).expand(-1, -1, P)
+    return full.scatter(1, index, pred)
+
+
+def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6):
+    """The official forward_loss: MSE on removed patches (mask == 1), against per-patch normalised pixels
+    when norm_pix_loss. pred: [N, L, P]; mask: [N, L]. Computed in fp32 (as autocast's promotion does).
+    A mask without removed patches gives NaN (0 / 0), as in the official code."""
+    loss = patch_mse(pred, imgs, patch_size, norm_pix_loss, eps)
+    mask = mask.to(loss.dtype)
     return (loss * mask).sum() / mask.sum()

@@ -1,0 +1,117 @@
+// CUDA masked MSE loss: checks, device guard, current stream, dtype dispatch and launch of
+// kernels/masked_mse_loss.cuh (one block per prediction row). The loss is sum(per-row partials) / (P * mask.sum()):
+// deterministic, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "cuda/kernels/masked_mse_loss.cuh"
+
+namespace mae_kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+// [1] float32 on the device: 2 * grad_loss / (P * mask.sum()), 0 when the mask has no removed patch.
+at::Tensor gradient_scale(const at::Tensor& mask, int64_t P, const std::optional<at::Tensor>& grad_loss) {
+  const at::Tensor total = mask.sum();
+  at::Tensor scale = at::where(total != 0, 2.0 / (static_cast<double>(P) * total), at::zeros_like(total));
+  if (grad_loss) scale = scale * grad_loss->to(at::kFloat);
+  return scale.reshape({1}).contiguous();
+}
+
+void launch(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& mask,
+            const std::optional<at::Tensor>& ids, int64_t patch_size, bool norm, double eps,
+            const at::Tensor& scale, float* partial, at::Tensor* grad_pred, at::Tensor* grad_imgs) {
+  const int64_t rows = pred.size(0) * pred.size(1);
+  if (rows == 0) return;
+  TORCH_CHECK(rows <= 2147483647LL, "mae_kernels::masked_mse_loss: too many rows for one launch (", rows, ")");
+  TORCH_CHECK(pred.size(2) <= 2147483647LL, "mae_kernels::masked_mse_loss: patches too large (", pred.size(2), ")");
+  cuda::MseRowsParams g;
+  g.R = pred.size(1);
+  g.P = pred.size(2);
+  g.L = mask.size(1);
+  g.C = imgs.size(1);
+  g.H = imgs.size(2);
+  g.W = imgs.size(3);
+  g.p = patch_size;
+  g.w_patches = g.W / patch_size;
+  g.s_n = imgs.stride(0);
+  g.s_c = imgs.stride(1);
+  g.s_h = imgs.stride(2);
+  g.s_w = imgs.stride(3);
+  g.norm = norm;
+  g.eps = static_cast<float>(eps);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_mse_loss_cuda", [&] {
+    using pred_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, imgs.scalar_type(), "masked_mse_loss_cuda", [&] {
+      cuda::masked_mse_rows_kernel<pred_t, scalar_t, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+          g, pred.const_data_ptr<pred_t>(), imgs.const_data_ptr<scalar_t>(), mask.const_data_ptr<float>(),
+          ids ? ids->const_data_ptr<int64_t>() : nullptr, scale.const_data_ptr<float>(), partial,
+          grad_pred ? grad_pred->data_ptr<pred_t>() : nullptr,
+          grad_imgs ? grad_imgs->data_ptr<scalar_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void check_inputs(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& mask,
+                  const std::optional<at::Tensor>& ids) {
+  TORCH_CHECK(pred.is_cuda() && imgs.is_cuda() && mask.is_cuda() && (!ids || ids->is_cuda()),
+              "mae_kernels::masked_mse_loss (CUDA): every tensor must be on the GPU");
+  TORCH_CHECK(pred.dim() == 3 && imgs.dim() == 4 && mask.dim() == 2, "mae_kernels::masked_mse_loss: bad ranks");
+  TORCH_CHECK(mask.scalar_type() == at::kFloat, "mae_kernels::masked_mse_loss: mask must be float32");
+  TORCH_CHECK(!ids || ids->scalar_type() == at::kLong, "mae_kernels::masked_mse_loss: ids_rows must be int64");
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_mse_loss_cuda(const at::Tensor& pred_in, const at::Tensor& imgs,
+                                                        const at::Tensor& mask_in,
+                                                        const std::optional<at::Tensor>& ids_in, int64_t patch_size,
+                                                        bool norm_pix_loss, double eps, bool with_grad) {
+  check_inputs(pred_in, imgs, mask_in, ids_in);
+  const c10::cuda::CUDAGuard guard(imgs.device());
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor mask = mask_in.contiguous();
+  const std::optional<at::Tensor> ids = ids_in ? std::optional<at::Tensor>(ids_in->contiguous()) : std::nullopt;
+  const at::Tensor scale = gradient_scale(mask, pred.size(2), std::nullopt);
+  at::Tensor partial = at::empty({pred.size(0) * pred.size(1)}, mask.options());
+  at::Tensor grad_pred = with_grad ? at::empty_like(pred) : pred.new_empty({0});
+  launch(pred, imgs, mask, ids, patch_size, norm_pix_loss, eps, scale, partial.data_ptr<float>(),
+         with_grad ? &grad_pred : nullptr, nullptr);
+  at::Tensor loss = partial.sum() * (scale.select(0, 0) * 0.5);  // sum / (P * mask.sum())
+  return {loss, grad_pred};
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cuda(
+    const at::Tensor& grad_loss, const at::Tensor& pred_in, const at::Tensor& imgs, const at::Tensor& mask_in,
+    const std::optional<at::Tensor>& ids_in, int64_t patch_size, bool norm_pix_loss, double eps, bool need_pred,
+    bool need_imgs) {
+  check_inputs(pred_in, imgs, mask_in, ids_in);
+  const c10::cuda::CUDAGuard guard(imgs.device());
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor mask = mask_in.contiguous();
+  const std::optional<at::Tensor> ids = ids_in ? std::optional<at::Tensor>(ids_in->contiguous()) : std::nullopt;
+  const at::Tensor scale = gradient_scale(mask, pred.size(2), grad_loss);
+  at::Tensor grad_pred = need_pred ? at::empty_like(pred) : pred.new_empty({0});
+  at::Tensor grad_imgs = need_imgs ? at::zeros(imgs.sizes(), imgs.options()) : imgs.new_empty({0});
+  if (need_pred || need_imgs) {
+    launch(pred, imgs, mask, ids, patch_size, norm_pix_loss, eps, scale, nullptr, need_pred ? &grad_pred : nullptr,
+           need_imgs ? &grad_imgs : nullptr);
+  }
+  return {grad_pred, grad_imgs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mae_kernels, CUDA, m) {
+  m.impl("masked_mse_loss", &masked_mse_loss_cuda);
+  m.impl("masked_mse_loss_backward", &masked_mse_loss_backward_cuda);
+}
+
+}  // namespace mae_kernels
