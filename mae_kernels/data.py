@@ -45,16 +45,21 @@ def load_image(path):
         return to_rgb_tensor(np.asarray(im.convert("RGB")))
 
 
-def skimage_samples():
-    """The bundled scikit-image photographs as [3, H, W] tensors (those this install can load)."""
+def skimage_samples(max_side=256):
+    """The bundled scikit-image photographs as [3, H, W] tensors (those this install can load), the shorter side
+    shrunk to max_side (crops of tiny training images need no more, and resizing gets cheap)."""
     import skimage.data
 
     images = []
     for name in SKIMAGE_SAMPLES:
         try:
-            images.append(to_rgb_tensor(getattr(skimage.data, name)()))
+            img = to_rgb_tensor(getattr(skimage.data, name)())
         except Exception:  # some need an optional download (pooch); the rest suffice
             continue
+        s = max_side / min(img.shape[1:])
+        if s < 1:
+            img = resize(img, (round(img.shape[1] * s), round(img.shape[2] * s)))
+        images.append(img)
     if not images:
         raise RuntimeError("no scikit-image sample photograph could be loaded; pass --data DIR")
     return images
