@@ -126,19 +126,16 @@ def center_view(img, size):
 
 
 class CropDataset(Dataset):
-    """Augmented crops of a list of sources ([3, H, W] tensors, or paths loaded on demand). Sample i of epoch e
-    comes from source i % len(sources) with its own generator (seed, e, i): the stream is reproducible and each
-    rank can draw its share independently."""
+    """Augmented crops of a list of sources ([3, H, W] tensors, or paths loaded on demand). Keys are
+    epoch * len(self) + i (ShardedSampler yields them, so persistent workers need no epoch update): sample i of
+    epoch e comes from source i % len(sources) with its own generator (seed, e, i), a reproducible stream
+    that each rank draws its share of independently."""
 
     def __init__(self, sources, size, length=None, seed=0):
         self.sources = list(sources)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.length = len(self.sources) if length is None else int(length)
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
 
     def __len__(self):
         return self.length
@@ -147,15 +144,16 @@ class CropDataset(Dataset):
         src = self.sources[i % len(self.sources)]
         return load_image(src) if isinstance(src, str) else src
 
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i)
+    def __getitem__(self, key):
+        epoch, i = divmod(key, self.length)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + i)
         return train_transform(self.source(i), self.size, g)
 
 
 class ShardedSampler(Sampler):
     """DistributedSampler's sharding (a per-epoch permutation, rank r takes indices r, r + world, ...; the tail is
     dropped so that every rank gets the same count) plus `start`: skip the first `start` indices of this rank's
-    share, to resume in the middle of an epoch."""
+    share, to resume in the middle of an epoch. Yields epoch * n + index (see CropDataset)."""
 
     def __init__(self, n, num_replicas=1, rank=0, seed=0, shuffle=True):
         self.n, self.num_replicas, self.rank, self.seed, self.shuffle = n, num_replicas, rank, seed, shuffle
@@ -177,4 +175,4 @@ class ShardedSampler(Sampler):
         else:
             order = torch.arange(self.n)
         mine = order[: self.per_rank * self.num_replicas][self.rank::self.num_replicas]
-        return iter(mine[self.start:].tolist())
+        return iter((mine[self.start:] + self.epoch * self.n).tolist())

@@ -37,19 +37,20 @@ def parse_args(argv):
     p.add_argument("--input-size", type=int, default=None, help="image side (default: 64 tiny, 224 otherwise)")
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--warmup-epochs", type=float, default=1)
     p.add_argument("--blr", type=float, default=None,
                    help="base lr: lr = blr * effective batch / 256 (reference 1.5e-4; the embedded demo, which "
-                        "trains for minutes instead of 800 epochs, defaults to 1e-3)")
+                        "trains for minutes instead of 800 epochs, defaults to 2e-3)")
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--data", default=None, help="folder of images (default: scikit-image's sample photographs)")
-    p.add_argument("--samples-per-epoch", type=int, default=256, help="crops per epoch of the embedded data")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--samples-per-epoch", type=int, default=2048, help="crops per epoch of the embedded data")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="data-loading processes (0: in the training process)")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations in all")
@@ -69,7 +70,7 @@ def parse_args(argv):
     if not 0 <= args.mask_ratio < 1:
         p.error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
     if args.blr is None:
-        args.blr = 1.5e-4 if args.data else 1e-3
+        args.blr = 1.5e-4 if args.data else 2e-3
     if args.input_size is None:
         args.input_size = 64 if args.model == "mae_vit_tiny" else 224
     return args
@@ -126,7 +127,8 @@ def build_data(args, rank, world):
         raise ValueError(f"each of the {world} process(es) gets {sampler.per_rank} samples per epoch, fewer than "
                          f"--batch-size {args.batch_size}")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.num_workers, drop_last=True)
+                                         num_workers=args.num_workers, drop_last=True,
+                                         persistent_workers=args.num_workers > 0)
     figure_imgs = torch.stack([mdata.center_view(dataset.source(i), dataset.size)
                                for i in range(min(4, len(sources)))])
     return dataset, sampler, loader, figure_imgs
@@ -204,7 +206,6 @@ def _train(args, device, rank, world):
         if done:
             break
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, start * args.batch_size)
         epoch_losses = []
         for it, imgs in enumerate(loader, start=start):
@@ -212,6 +213,8 @@ def _train(args, device, rank, world):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(epoch + it / steps_per_epoch, args)
             imgs = imgs.to(device, non_blocking=True)
+            # Masks from a seed per (step, rank): distinct across ranks, and a resumed run repeats them exactly.
+            torch.manual_seed((args.seed * 1_000_003 + state["global_step"]) * world + rank)
             with autocast():
                 loss, _, _ = net(imgs, mask_ratio=args.mask_ratio)
             loss_value = loss.detach().float()
