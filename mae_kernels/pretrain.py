@@ -254,6 +254,14 @@ def _train(args, device, rank, world):
                                         "global_step": state["global_step"]}) + "\n")
     if bar is not None:
         bar.close()
+    if world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)
+        import torch.distributed as dist
+
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        gathered = [torch.empty_like(sums) for _ in range(world)]
+        dist.all_gather(gathered, sums)
+        if is_main:
+            print(f"ranks in sync: {all(torch.equal(g, gathered[0]) for g in gathered)}")
     if is_main:
         print(f"checkpoint: {ckpt_path}")
         if args.figures:
