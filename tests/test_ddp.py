@@ -1,6 +1,8 @@
 """Pre-training with torchrun + DistributedDataParallel on CPU (gloo), 2 processes, a few steps of the tiny
 model on tiny images: every rank trains on its shard, gradients are averaged (the ranks stay identical), rank 0
-logs and writes the checkpoint."""
+logs and writes the checkpoint.
+The fused path needs mae_kernels' fused ops (random_masked_patch_embed, unshuffle_with_mask_tokens,
+masked_mse_loss, denormalize_pred), merged from other branches."""
 import os
 import subprocess
 import sys

@@ -1,6 +1,8 @@
 """mae-kernels pretrain: a 3-step run writes checkpoint and figures, resume repeats an uninterrupted run
 exactly, a non-finite loss stops clearly; the recipe pieces (lr schedule, weight-decay groups, augmentation,
-sharding). Tiny model, 32x32 images, the in-process data path (no worker processes)."""
+sharding). Tiny model, 32x32 images, the in-process data path (no worker processes).
+The fused path needs mae_kernels' fused ops (random_masked_patch_embed, unshuffle_with_mask_tokens,
+masked_mse_loss, denormalize_pred), merged from other branches."""
 import math
 import os
 from types import SimpleNamespace

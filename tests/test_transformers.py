@@ -1,5 +1,7 @@
 """transformers' ViTMAEForPreTraining patched in place with the fused ops: outputs and gradients equal the
-unpatched model's for the same noise. Skipped when transformers is not installed."""
+unpatched model's for the same noise. Skipped when transformers is not installed.
+The fused path needs mae_kernels' fused ops (random_masked_patch_embed, unshuffle_with_mask_tokens,
+masked_mse_loss, denormalize_pred), merged from other branches."""
 import copy
 
 import pytest
