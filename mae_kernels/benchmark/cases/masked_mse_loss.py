@@ -27,15 +27,17 @@ def setup(device, N, C, H, W, p, dtype):
     mask = torch.ones(N, L, device=device)
     mask[:, :K] = 0
     mask = torch.gather(mask, 1, torch.argsort(torch.rand(N, L, device=device), dim=1))
+    scale = 2.0 / (P * N * (L - K))
     return Case(
         op=OP, shape=f"N={N} L={L} P={P}", dtype=dtype,
         reference=lambda pred, imgs, mask: (reference.masked_mse_loss(pred, imgs, mask, p, True),),
         function=lambda pred, imgs, mask: (masked_mse_loss(pred, imgs, mask, p, True),),
         args=(pred, imgs, mask),
         differentiable=(0,),
-        # pred's gradient is about 2 / (P * removed patches): the atol is far below it
-        tolerances={torch.float32: (1e-4, 1e-12), torch.bfloat16: (1.6e-2, 1e-12),
-                    torch.float16: (2e-3, 1e-12)},
+        # pred's gradient is of order 2 / (P * removed patches): atol is a fraction of that scale (for the
+        # elements where pred nearly equals the target), rtol covers the loss and the rest
+        tolerances={torch.float32: (1e-4, 1e-5 * scale), torch.bfloat16: (1.6e-2, 1e-3 * scale),
+                    torch.float16: (2e-3, 1e-4 * scale)},
         bytes={
             # read pred, imgs and mask
             "forward": pred.numel() * pred.element_size() + imgs.numel() * 4 + N * L * 4,
