@@ -28,7 +28,6 @@ void masked_mse_rows(const LossGeometry& g, const pred_t* pred, const img_t* img
                      const int64_t* ids, float scale, float* partial, pred_t* grad_pred, img_t* grad_imgs) {
   const int64_t P = g.P, C = g.C, p = g.p;
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> src(P);  // offsets of the patch's pixels in imgs
     std::vector<float> t(P);      // the (normalised) target, then the gradient for imgs
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.R;
@@ -42,10 +41,12 @@ void masked_mse_rows(const LossGeometry& g, const pred_t* pred, const img_t* img
         continue;
       }
       const int64_t y0 = (l / g.w_patches) * p, x0 = (l % g.w_patches) * p;
-      for (int64_t i = 0; i < P; ++i) {  // element i = (pr * p + pc) * C + c
-        const int64_t c = i % C, pc = (i / C) % p, pr = i / (p * C);
-        src[i] = n * g.s_n + c * g.s_c + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
-        t[i] = static_cast<float>(imgs[src[i]]);
+      // element i = (pr * p + pc) * C + c; nested loops, no per-element divisions in this hot gather
+      for (int64_t pr = 0, i = 0; pr < p; ++pr) {
+        for (int64_t pc = 0; pc < p; ++pc) {
+          const img_t* pixel = imgs + n * g.s_n + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
+          for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]);
+        }
       }
       float std_ = 1.0f;
       if (g.norm) {
