@@ -15,15 +15,19 @@ def test_cli_quick_writes_json_and_png(tmp_path, capsys):
     assert json_path.with_suffix(".png").stat().st_size > 0
     data = json.loads(json_path.read_text())
     assert data["torch"] == torch.__version__ and data["settings"]["note"] == "test"
-    ok = {(r["provider"], r["mode"]) for r in data["rows"] if r["status"] == "ok"}
-    assert ok == {(p, m) for p in ("reference", "cpu") for m in harness.MODES}
+    ops = {r["op"] for r in data["rows"]}
+    assert {"random_masking", "masked_patchify", "masked_patch_embed", "unshuffle_with_mask_tokens",
+            "masked_mse_loss"} <= ops
+    ok = {(r["op"], r["provider"], r["mode"]) for r in data["rows"] if r["status"] == "ok"}
+    assert ok == {(o, p, m) for o in ops for p in ("reference", "cpu") for m in harness.MODES}
     for r in data["rows"]:
         if r["status"] == "ok":
             assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] and r["gbps"] > 0
             assert r["peak_mb"] is None  # CPU: n/a
             assert r["provider"] != "reference" or r["speedup"] == 1.0
-    (cuda,) = [r for r in data["rows"] if r["provider"] == "cuda"]
-    assert cuda["status"] == "unavailable" and "cuda" in cuda["reason"]
+    cuda = [r for r in data["rows"] if r["provider"] == "cuda"]
+    assert len(cuda) >= len(ops)  # one row per op and shape, each unavailable with the reason
+    assert all(r["status"] == "unavailable" and "cuda" in r["reason"] for r in cuda)
     out = capsys.readouterr().out
     assert "median ms" in out and "unavailable: random_masking" in out
 
