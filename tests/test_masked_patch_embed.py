@@ -152,7 +152,7 @@ def sample_inputs(device):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_opcheck(backend):
     if mpe_ops.OPS[backend] is None:
-        pytest.skip("mae_kernels._C is not built")
+        pytest.fail("mae_kernels._C is not built: " + str(mae_kernels._ext.load_error))
     for args in sample_inputs("cpu"):
         torch.library.opcheck(mpe_ops.OPS[backend], args)
 

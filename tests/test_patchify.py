@@ -129,7 +129,7 @@ def sample_inputs(device):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_opcheck(backend):
     if backend == "cpu" and mp_ops.OPS["cpu"]["patchify"] is None:
-        pytest.skip("mae_kernels._C is not built")
+        pytest.fail("mae_kernels._C is not built: " + str(mae_kernels._ext.load_error))
     for name, args in sample_inputs("cpu"):
         torch.library.opcheck(mp_ops.OPS[backend][name], args)
 
