@@ -15,9 +15,8 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import FLOAT_DTYPES, check_mask_ratio, check_tensor
+from ._validate import FLOAT_DTYPES, check_ids_keep, check_images, check_mask_ratio, check_tensor
 from .masked_patchify import OPS as PATCHIFY_OPS
-from .masked_patchify import check_ids_keep, check_images
 from .random_masking import random_mask_indices
 
 _SCHEMA = "(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed) -> Tensor"
@@ -89,11 +88,19 @@ def _autocast(imgs, weight, bias):
     return imgs, weight, bias
 
 
-def _validate(imgs, ids_keep, weight, bias, pos_embed):
-    check_tensor("weight", weight, ndim=4, dtypes=FLOAT_DTYPES, device=imgs.device)
+def _check_weight(weight, device):
+    """weight [D, C, p, p] (D, C, p >= 1) on `device`; returns (D, C, p)."""
+    check_tensor("weight", weight, ndim=4, dtypes=FLOAT_DTYPES, device=device)
     D, C, p, p2 = weight.shape
-    if p != p2 or p < 1 or D < 1:
-        raise ValueError(f"weight must be a Conv2d patch embedding weight [D, C, p, p], got {tuple(weight.shape)}")
+    if p != p2 or min(D, C, p) < 1:
+        raise ValueError(f"weight must be a Conv2d patch embedding weight [D, C, p, p] with D, C, p >= 1, got "
+                         f"{tuple(weight.shape)}")
+    return D, C, p
+
+
+def _validate(imgs, ids_keep, weight, bias, pos_embed):
+    check_tensor("imgs", imgs, ndim=4)
+    D, C, p = _check_weight(weight, imgs.device)
     check_images("imgs", imgs, p)
     check_tensor("imgs", imgs, dtypes=(weight.dtype,), shape=(None, C))
     N, _, H, W = imgs.shape
@@ -117,6 +124,8 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
     check_tensor("bias", bias, ndim=1)
+    if pos_embed is not None:
+        check_tensor("pos_embed", pos_embed, ndim=3)
     imgs, weight, bias = _autocast(imgs, weight, bias)
     _validate(imgs, ids_keep, weight, bias, pos_embed)
     backend = select("masked_patch_embed", imgs.device.type)
@@ -130,9 +139,8 @@ def random_masked_patch_embed(imgs, weight, bias, pos_embed, mask_ratio, noise=N
     masked_patch_embed of the kept patches. Returns (tokens [N, K, D], mask [N, L] float32 with 1 = removed,
     ids_restore [N, L] int64, ids_keep [N, K] int64), K = int(L * (1 - mask_ratio))."""
     check_tensor("imgs", imgs, ndim=4)
-    check_tensor("weight", weight, ndim=4)
+    _, _, p = _check_weight(weight, imgs.device)
     check_mask_ratio(mask_ratio)
-    p = weight.shape[-1]
     check_images("imgs", imgs, p)
     N, _, H, W = imgs.shape
     ids_keep, ids_restore, mask = random_mask_indices(N, (H // p) * (W // p), mask_ratio, noise=noise,
