@@ -135,8 +135,9 @@ def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6, 
     patch when norm_pix_loss: unbiased variance, eps inside the sqrt), averaged over removed patches.
 
     pred: [N, L, P] (P = patch_size**2 * C), or the removed patches only, [N, L - K, P] with ids_shuffle
-      [N, L] int64 (pred[n, j] is patch ids_shuffle[n, K + j]; mask must be 0 on ids_shuffle[:, :K]; the
-      indices are range-checked, which syncs with the device, except under torch.compile).
+      [N, L] int64 (pred[n, j] is patch ids_shuffle[n, K + j]; mask must be 0 on ids_shuffle[:, :K]). The
+      indices of the predicted rows are range-checked (a device sync; an async assert under torch.compile);
+      with MAE_KERNELS_DEBUG=1 ids_shuffle must also be a permutation per row and mask 0 on the kept patches.
     imgs: [N, C, H, W] (any strides; read in place, never patchified); mask: [N, L] float or bool, 1 = removed.
     Returns an fp32 scalar: sum(per_patch_mse * mask) / mask.sum(); statistics and sums in fp32 whatever the
     dtypes. Unlike the official code (0 / 0 = NaN), a mask with no removed patch (mask.sum() == 0) gives 0.0

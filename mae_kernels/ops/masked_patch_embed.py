@@ -115,8 +115,9 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
     """Patch embedding of the kept patches only: [N, K, D].
 
     imgs [N, C, H, W] (any strides); ids_keep [N, K] int64 patch indices (distinct within a row, as
-    random_mask_indices makes them); weight [D, C, p, p] and bias [D] of the Conv2d patch embedding (bias None:
-    no bias); pos_embed [1, 1 + L, D] with the cls row first, or None. Output dtype: imgs' (the autocast dtype
+    random_mask_indices makes them; their range is always checked, their distinctness with MAE_KERNELS_DEBUG=1);
+    weight [D, C, p, p] and bias [D] of the Conv2d patch embedding (bias None: no bias); pos_embed
+    [1, 1 + L, D] with the cls row first, or None. Output dtype: imgs' (the autocast dtype
     under autocast) promoted with pos_embed's, as the reference's conv + pos_embed add. Differentiable with
     respect to imgs, weight, bias and pos_embed."""
     check_tensor("imgs", imgs, ndim=4)
