@@ -276,3 +276,22 @@ def test_meta_tensors_alone_are_checked_without_reading_data():
     assert mae_kernels.masked_patchify(**args).shape == (N, K, P)
     args = {k: meta(v) if isinstance(v, torch.Tensor) else v for k, v in _good("masked_mse_loss").items()}
     assert mae_kernels.masked_mse_loss(**args).shape == ()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_validation_happens_before_any_backend_is_chosen(case, monkeypatch):
+    """No backend (hence no kernel) is reached with bad input: every op module's `select` fails if called."""
+    from mae_kernels.ops import masked_mse_loss, masked_patch_embed, masked_patchify, random_masking
+    from mae_kernels.ops import unshuffle_with_mask_tokens
+
+    def select(op, device_type, *args):
+        raise AssertionError(f"{op}: a backend was chosen before the input was validated")
+
+    for module in (masked_mse_loss, masked_patch_embed, masked_patchify, random_masking, unshuffle_with_mask_tokens):
+        monkeypatch.setattr(module, "select", select)
+    op, arg, bad, exc, regex = case
+    args = _good(op)
+    value = bad(args)
+    args.update(value if isinstance(value, dict) else {arg: value})
+    with pytest.raises(exc, match=regex):
+        _call(op, args)
