@@ -26,6 +26,16 @@ GPU_BACKENDS = ["cuda", "triton"]
 HOST_MEMORY_NEEDED = 12 * GiB
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 GEMMs and convolutions in true fp32 (as the reference on CPU), restored afterwards. Plain
+    assignments: pytest's monkeypatch cannot restore these torch.backends attributes."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def host_available():
     try:
         with open("/proc/meminfo") as f:
@@ -229,9 +239,7 @@ def test_gpu_masked_patchify_past_int32(backend):
 @pytest.mark.gpu
 @pytest.mark.large
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_masked_patch_embed_past_int32(backend, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def test_gpu_masked_patch_embed_past_int32(backend, no_tf32):
     need_gpu_memory(12 * GiB)
     imgs = big_images().requires_grad_()
     n = imgs.shape[0]
