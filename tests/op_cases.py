@@ -48,18 +48,20 @@ def upstream(out, seed=1234):
     return g.to(out.dtype).to(out.device)
 
 
-def run(case, backend, grad=True, grad_outputs=None):
-    """(outputs, gradients) of case.fn on `backend`, on fresh copies of the inputs; gradients follow case.grad
-    (None where an input gets none). grad_outputs: upstream gradients (default: `upstream` of each output)."""
-    inputs = {k: (v.detach().clone().requires_grad_(grad and k in case.grad) if isinstance(v, torch.Tensor) else v)
-              for k, v in case.inputs.items()}
+def run(case, backend, grad=True, grad_outputs=None, copy=True):
+    """(outputs, gradients) of case.fn on `backend`, on fresh copies of the inputs (copy=False: on the inputs
+    themselves, which must be leaves); gradients follow case.grad (None where an input gets none).
+    grad_outputs: upstream gradients (default: `upstream` of each output), or a function of those."""
+    inputs = {k: ((v.detach().clone() if copy else v).requires_grad_(grad and k in case.grad)
+                  if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
     with mae_kernels.use_backend(backend):
         outs = case.fn(**inputs)
         outs = outs if isinstance(outs, tuple) else (outs,)
         grads = ()
         if grad and case.grad:
             diff = [o for o in outs if o.requires_grad]
-            seeds = grad_outputs if grad_outputs is not None else [upstream(o, 1234 + i) for i, o in enumerate(diff)]
+            seeds = [upstream(o, 1234 + i) for i, o in enumerate(diff)]
+            seeds = grad_outputs(seeds) if callable(grad_outputs) else grad_outputs or seeds
             grads = torch.autograd.grad(diff, [inputs[k] for k in case.grad], seeds, allow_unused=True)
     return tuple(o.detach() for o in outs), tuple(None if g is None else g.detach() for g in grads)
 
@@ -305,4 +307,23 @@ def all_cases(dtype=torch.float32, seed=0):
         masked_mse_loss_case(dtype=dtype, seed=seed, removed_only=True),
         patch_stats_case(dtype=dtype, seed=seed),
         denormalize_pred_case(dtype=dtype, seed=seed),
+    ]
+
+
+def gpu_cases():
+    """One case of every op, large enough on a GPU for many blocks to share each reduction (where atomics or a
+    wrong stream would show)."""
+    return [
+        random_masking_case(N=64, L=196, D=256),
+        random_mask_indices_case(N=64, L=1568),
+        patchify_case(N=8, C=3, h=14, w=10, p=16),
+        unpatchify_case(N=8, C=3, h=14, w=10, p=16),
+        masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),
+        masked_patch_embed_case(N=32, C=3, h=14, w=14, p=16, K=49, D=256, pos="grad"),
+        random_masked_patch_embed_case(N=16, C=3, h=14, w=14, p=16, D=256, ratio=0.75),
+        unshuffle_case(N=64, L=196, K=49, D=512, dtype=torch.bfloat16),
+        masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49),
+        masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
+        patch_stats_case(N=8, C=3, h=14, w=14, p=16),
+        denormalize_pred_case(N=8, C=3, h=14, w=14, p=16),
     ]

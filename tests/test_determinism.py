@@ -21,25 +21,8 @@ CUBLAS_OPS = ("masked_patch_embed", "random_masked_patch_embed")
 
 
 def cases(device):
-    """One case of every op; on the GPU large enough for many blocks to share each reduction (where atomics
-    would show)."""
-    if device == "cpu":
-        return oc.all_cases() + [oc.unshuffle_case(dtype=torch.bfloat16), oc.masked_patch_embed_case(
-            dtype=torch.bfloat16, pos="grad", pos_dtype=torch.float32)]
-    return [
-        oc.random_masking_case(N=64, L=196, D=256),
-        oc.random_mask_indices_case(N=64, L=1568),
-        oc.patchify_case(N=8, C=3, h=14, w=10, p=16),
-        oc.unpatchify_case(N=8, C=3, h=14, w=10, p=16),
-        oc.masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),
-        oc.masked_patch_embed_case(N=32, C=3, h=14, w=14, p=16, K=49, D=256, pos="grad"),
-        oc.random_masked_patch_embed_case(N=16, C=3, h=14, w=14, p=16, D=256, ratio=0.75),
-        oc.unshuffle_case(N=64, L=196, K=49, D=512, dtype=torch.bfloat16),
-        oc.masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49),
-        oc.masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
-        oc.patch_stats_case(N=8, C=3, h=14, w=14, p=16),
-        oc.denormalize_pred_case(N=8, C=3, h=14, w=14, p=16),
-    ]
+    return oc.all_cases() + [oc.unshuffle_case(dtype=torch.bfloat16), oc.masked_patch_embed_case(
+        dtype=torch.bfloat16, pos="grad", pos_dtype=torch.float32)] if device == "cpu" else oc.gpu_cases()
 
 
 def _ids(cs):
