@@ -51,7 +51,8 @@ def upstream(out, seed=1234):
 def run(case, backend, grad=True, grad_outputs=None, copy=True):
     """(outputs, gradients) of case.fn on `backend`, on fresh copies of the inputs (copy=False: on the inputs
     themselves, which must be leaves); gradients follow case.grad (None where an input gets none).
-    grad_outputs: upstream gradients (default: `upstream` of each output), or a function of those."""
+    grad_outputs: upstream gradients (default: `upstream` of each output), or a function of the outputs that
+    need them returning them."""
     inputs = {k: ((v.detach().clone() if copy else v).requires_grad_(grad and k in case.grad)
                   if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
     with mae_kernels.use_backend(backend):
@@ -60,8 +61,8 @@ def run(case, backend, grad=True, grad_outputs=None, copy=True):
         grads = ()
         if grad and case.grad:
             diff = [o for o in outs if o.requires_grad]
-            seeds = [upstream(o, 1234 + i) for i, o in enumerate(diff)]
-            seeds = grad_outputs(seeds) if callable(grad_outputs) else grad_outputs or seeds
+            seeds = (grad_outputs(diff) if callable(grad_outputs) else grad_outputs
+                     or [upstream(o, 1234 + i) for i, o in enumerate(diff)])
             grads = torch.autograd.grad(diff, [inputs[k] for k in case.grad], seeds, allow_unused=True)
     return tuple(o.detach() for o in outs), tuple(None if g is None else g.detach() for g in grads)
 

@@ -48,7 +48,7 @@ def test_side_stream_with_late_inputs(backend, index):
         names = [k for k, v in case.inputs.items() if isinstance(v, torch.Tensor)]
         late = dict(zip(names, _late([case.inputs[k] for k in names])))
         got = oc.run(dataclasses.replace(case, inputs={**case.inputs, **late}), backend, copy=False,
-                     grad_outputs=_late)
+                     grad_outputs=lambda outs: _late([oc.upstream(o, 1234 + i) for i, o in enumerate(outs)]))
     torch.cuda.current_stream().wait_stream(side)
     oc.assert_results_equal(case, got, want)
 
