@@ -11,9 +11,22 @@ def define_triton_op(name, schema, impl):
     """Define mae_kernels::<name>_triton(<schema>) implemented by `impl` on CPU and CUDA; returns the op."""
     qualname = f"{name}_triton"
     LIB.define(qualname + schema)
-    for key in ("CPU", "CUDA"):
-        LIB.impl(qualname, impl, key)
+    LIB.impl(qualname, impl, "CPU")
+    LIB.impl(qualname, _on_input_device(impl), "CUDA")
     return getattr(torch.ops.mae_kernels, qualname).default
+
+
+def _on_input_device(impl):
+    """Run a Triton launcher with its first CUDA input's device current: Triton launches on the current device
+    (and torch's current stream of that device), so inputs on cuda:1 while cuda:0 is current need the guard
+    that the compiled ops get from c10::cuda::CUDAGuard."""
+    def on_device(*args):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda), None)
+        if device is None:
+            return impl(*args)
+        with torch.cuda.device(device):
+            return impl(*args)
+    return on_device
 
 
 def compiled_op(name):

@@ -7,8 +7,8 @@ cuBLAS) and its Triton twin masked_patch_embed_triton (one GEMM loading its A ti
   (imgs [N, C, H, W], ids_keep [N, K] int64, weight [D, C, p, p], bias [D], pos_embed [1, 1 + L, D] or None)
   -> [N, K, D], dtype of imgs promoted with pos_embed's (the reference's conv + pos_embed add).
 Backward (any of imgs, weight, bias, pos_embed): grad_W = grad^T @ masked_patchify(imgs) (recomputed, not
-saved), grad_b = sum, grad_pos_embed = scatter-add into rows 1 + ids_keep, grad_imgs = masked_patchify_backward
-(grad @ W). Autocast: imgs, weight and bias are cast to the autocast dtype, as nn.Conv2d's are.
+saved), grad_b = sum, grad_pos_embed = batch sum of the rows scattered to 1 + ids_keep (no atomics),
+grad_imgs = masked_patchify_backward(grad @ W). Autocast: imgs, weight and bias are cast to the autocast dtype, as nn.Conv2d's are.
 """
 import torch
 
@@ -67,9 +67,12 @@ def _make_backward(patchify_ops):
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if ctx.needs_input_grad[4]:
-            grad_pos = grad.new_zeros(1 + ctx.L, D, dtype=torch.float32)
-            grad_pos = grad_pos.index_add(0, ids_keep.reshape(-1) + 1, grad.float())
-            grad_pos = grad_pos.to(ctx.pos_dtype).unsqueeze(0)
+            # Deterministic without atomics (index_add would use them on CUDA): ids_keep rows hold distinct
+            # patches, so the scatter writes each element once, then the batch sum runs in a fixed order.
+            # Costs an [N, 1 + L, D] fp32 buffer, only when pos_embed is trainable (MAE's is fixed).
+            grad_pos = grad.new_zeros(N, 1 + ctx.L, D, dtype=torch.float32)
+            grad_pos.scatter_(1, (ids_keep + 1).unsqueeze(-1).expand(N, K, D), grad.float().reshape(N, K, D))
+            grad_pos = grad_pos.sum(0, keepdim=True).to(ctx.pos_dtype)
         return grad_imgs, None, grad_weight, grad_bias, grad_pos
     return backward
 

@@ -1,0 +1,333 @@
+"""Every public op as a Case, shared by the hardening tests (test_properties, test_determinism,
+test_streams_devices, test_memory, test_nonfinite): the op's tensor inputs, a closure over its other arguments,
+and which inputs get a gradient. `run` calls the public function on one backend, forward and backward."""
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+
+import mae_kernels
+from mae_kernels import reference
+from mae_kernels.ops.masked_mse_loss import _reference as masked_mse_loss_reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Relative tolerance for results that involve arithmetic (sums, GEMMs, roundings from fp32), scaled by the
+# magnitude of the expected tensor: a few units in the last place of each dtype.
+RTOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3.2e-2, torch.float64: 1e-12}
+
+
+def backend_params(cpu=("cpu", "triton", "reference"), gpu=("cuda", "triton")):
+    """(backend, device) pairs: the CPU backends here, the GPU ones marked gpu (skipped without a GPU)."""
+    return ([pytest.param(b, "cpu", id=f"{b}-cpu") for b in cpu]
+            + [pytest.param(b, "cuda", id=f"{b}-cuda", marks=pytest.mark.gpu) for b in gpu])
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    fn: Callable            # fn(**inputs) -> tensor or tuple of tensors (the public function)
+    inputs: dict            # name -> tensor (or None)
+    grad: tuple = ()        # names of the inputs that get a gradient
+    exact: bool = True      # every output and gradient bit-exact against the reference
+    tol_dtype: torch.dtype = torch.float64  # tolerance at least RTOL[tol_dtype] (an intermediate's precision)
+    ref64: Callable = None  # the reference maths without the public function's dtype checks (float64 runs)
+
+    def to(self, device):
+        device = torch.device(device)
+        return dataclasses.replace(self, inputs={
+            k: v.to(device) if isinstance(v, torch.Tensor) else device if isinstance(v, torch.device) else v
+            for k, v in self.inputs.items()})
+
+
+def upstream(out, seed=1234):
+    """A fixed upstream gradient for `out`: the same values on every device and in every dtype (bf16 values,
+    none below 2**-8, are exact in fp16 too), so that a float64 run gets the same upstream gradient."""
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
+    g[g.abs() < 2**-8] = 0.0
+    return g.to(out.dtype).to(out.device)
+
+
+def run(case, backend, grad=True, grad_outputs=None, copy=True):
+    """(outputs, gradients) of case.fn on `backend`, on fresh copies of the inputs (copy=False: on the inputs
+    themselves, which must be leaves); gradients follow case.grad (None where an input gets none).
+    grad_outputs: upstream gradients (default: `upstream` of each output), or a function of the outputs that
+    need them returning them."""
+    inputs = {k: ((v.detach().clone() if copy else v).requires_grad_(grad and k in case.grad)
+                  if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
+    with mae_kernels.use_backend(backend):
+        outs = case.fn(**inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        grads = ()
+        if grad and case.grad:
+            diff = [o for o in outs if o.requires_grad]
+            seeds = (grad_outputs(diff) if callable(grad_outputs) else grad_outputs
+                     or [upstream(o, 1234 + i) for i, o in enumerate(diff)])
+            grads = torch.autograd.grad(diff, [inputs[k] for k in case.grad], seeds, allow_unused=True)
+    return tuple(o.detach() for o in outs), tuple(None if g is None else g.detach() for g in grads)
+
+
+def run64(case):
+    """`run` of the reference maths in float64 (inputs upcast, except the float32 noise of the maskings)."""
+    inputs = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "noise" else v
+              for k, v in case.inputs.items()}
+    return run(dataclasses.replace(case, fn=case.ref64 or case.fn, inputs=inputs), "reference")
+
+
+def names(case, outs, grads):
+    return [f"output {i}" for i in range(len(outs))] + [f"grad {k}" for k in case.grad[:len(grads)]]
+
+
+def first_mismatch(bad):
+    return tuple(bad.nonzero()[0].tolist()) if bad.any() else None
+
+
+def assert_same(name, got, want, exact=True, tol_dtype=torch.float64, want64=None):
+    """got == want (NaN where want is NaN, the same infinities), or, when not exact, within the RTOL of got's
+    dtype (or of tol_dtype, whichever is larger) of want, or with a largest error against the float64 result
+    want64 at most twice the reference's (the rule for reductions whose result cancels to near zero)."""
+    if want is None or got is None:
+        assert got is None and want is None, f"{name}: {got is None=} {want is None=}"
+        return
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    got, want = got.cpu(), want.cpu()
+    if not got.is_floating_point():
+        bad = got != want
+        assert not bad.any(), f"{name}: first mismatch at {first_mismatch(bad)}: {got[bad][:4]} != {want[bad][:4]}"
+        return
+    g, w = got.double(), want.double()
+    nan_bad = g.isnan() != w.isnan()
+    assert not nan_bad.any(), f"{name}: NaN pattern differs, first at {first_mismatch(nan_bad)}"
+    inf_bad = (g.isinf() | w.isinf()) & (g != w)
+    assert not inf_bad.any(), f"{name}: infinities differ, first at {first_mismatch(inf_bad)}"
+    finite = w.isfinite()
+    if exact:
+        bad = finite & (g != w)
+    else:
+        rtol = max(RTOL[got.dtype], RTOL[tol_dtype])
+        scale = w[finite].abs().max().item() if finite.any() else 0.0
+        bad = finite & ((g - w).abs() > rtol * (w.abs() + scale + 1e-30))
+        if bad.any() and want64 is not None:
+            w64 = want64.cpu().double()
+            err, err_ref = (g - w64)[finite].abs().max(), (w - w64)[finite].abs().max()
+            if err <= 2 * err_ref + rtol * 1e-3 * scale:
+                return
+    assert not bad.any(), (f"{name}: first mismatch at {first_mismatch(bad)}: got {g[bad][:4].tolist()} "
+                           f"want {w[bad][:4].tolist()} ({int(bad.sum())} of {bad.numel()})")
+
+
+def assert_results_equal(case, got, want, exact=None, want64=None):
+    """Outputs and gradients of two `run`s agree (bit for bit when exact; see assert_same)."""
+    exact = case.exact if exact is None else exact
+    (go, gg), (wo, wg) = got, want
+    assert len(go) == len(wo) and len(gg) == len(wg)
+    w64 = want64[0] + want64[1] if want64 is not None else (None,) * (len(go) + len(gg))
+    for name, a, b, c in zip(names(case, go, gg), go + gg, wo + wg, w64):
+        assert_same(f"{case.name} {name}", a, b, exact, case.tol_dtype, c)
+
+
+def assert_bitwise_equal(case, got, want):
+    """torch.equal on every output and gradient (NaN compared by bit pattern position)."""
+    (go, gg), (wo, wg) = got, want
+    for name, a, b in zip(names(case, go, gg), go + gg, wo + wg):
+        if a is None or b is None:
+            assert a is None and b is None, name
+            continue
+        same = torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+        assert same, f"{case.name} {name}: not bit-identical (first at {first_mismatch(a != b)})"
+
+
+# ---------------------------------------------------------------------------------------------- the cases
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(g, *shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+def _ids(g, N, L):
+    """ids_shuffle [N, L]: a random permutation per row."""
+    return torch.rand(N, L, generator=g).argsort(dim=1)
+
+
+def random_masking_case(N=2, L=12, D=5, ratio=0.75, dtype=torch.float32, seed=0, noise="rand"):
+    """noise: 'rand', 'ties' (few distinct levels), 'special' (NaN and infinities too) or None (drawn)."""
+    g = _gen(seed)
+    x = _randn(g, N, L, D, dtype=dtype)
+    nz = None if noise is None else torch.rand(N, L, generator=g)
+    if noise in ("ties", "special"):
+        nz = (nz * 4).floor() / 4
+    if noise == "special":
+        flat = nz.view(-1)
+        pick = torch.randperm(flat.numel(), generator=g)[:3]
+        flat[pick] = torch.tensor([float("nan"), float("inf"), float("-inf")])[:len(pick)]
+    return Case("random_masking", lambda x, noise: mae_kernels.random_masking(x, ratio, noise),
+                dict(x=x, noise=nz), grad=("x",))
+
+
+def random_mask_indices_case(N=2, L=12, ratio=0.75, seed=0, noise="rand"):
+    """noise None: drawn on `device` (an input, so that Case.to moves it)."""
+    nz = None if noise is None else torch.rand(N, L, generator=_gen(seed))
+
+    def fn(noise, device):
+        return mae_kernels.random_mask_indices(N, L, ratio, noise=noise, device=device)
+    return Case("random_mask_indices", fn, dict(noise=nz, device=torch.device("cpu")))
+
+
+def _images(g, N, C, h, w, p, dtype, channels_last=False):
+    imgs = _randn(g, N, C, h * p, w * p, dtype=dtype)
+    return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
+
+
+def patchify_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0, channels_last=False):
+    imgs = _images(_gen(seed), N, C, h, w, p, dtype, channels_last)
+    return Case("patchify", lambda imgs: mae_kernels.patchify(imgs, p), dict(imgs=imgs), grad=("imgs",))
+
+
+def unpatchify_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
+    x = _randn(_gen(seed), N, h * w, p * p * C, dtype=dtype)
+    return Case("unpatchify", lambda x: mae_kernels.unpatchify(x, p, (h * p, w * p)), dict(x=x), grad=("x",))
+
+
+def masked_patchify_case(N=2, C=3, h=2, w=3, p=2, K=2, dtype=torch.float32, seed=0, channels_last=False):
+    g = _gen(seed)
+    imgs = _images(g, N, C, h, w, p, dtype, channels_last)
+    ids_keep = _ids(g, N, h * w)[:, :K].contiguous()
+    return Case("masked_patchify", lambda imgs, ids_keep: mae_kernels.masked_patchify(imgs, ids_keep, p),
+                dict(imgs=imgs, ids_keep=ids_keep), grad=("imgs",))
+
+
+def _embed_params(g, C, p, D, L, dtype, pos, pos_dtype):
+    weight = _randn(g, D, C, p, p, dtype=dtype, scale=(C * p * p) ** -0.5)
+    bias = _randn(g, D, dtype=dtype)
+    pos_embed = None if pos is None else _randn(g, 1, 1 + L, D, dtype=pos_dtype or dtype)
+    return weight, bias, pos_embed
+
+
+def masked_patch_embed_case(N=2, C=3, h=2, w=3, p=2, K=2, D=6, dtype=torch.float32, seed=0, pos="grad",
+                            pos_dtype=None, channels_last=False):
+    """pos: None (no pos_embed), 'fixed' (no gradient) or 'grad' (trainable)."""
+    g = _gen(seed)
+    L = h * w
+    imgs = _images(g, N, C, h, w, p, dtype, channels_last)
+    ids_keep = _ids(g, N, L)[:, :K].contiguous()
+    weight, bias, pos_embed = _embed_params(g, C, p, D, L, dtype, pos, pos_dtype)
+    return Case("masked_patch_embed", mae_kernels.masked_patch_embed, ref64=reference.masked_patch_embed,
+                inputs=dict(imgs=imgs, ids_keep=ids_keep, weight=weight, bias=bias, pos_embed=pos_embed),
+                grad=("imgs", "weight", "bias") + (("pos_embed",) if pos == "grad" else ()), exact=False,
+                tol_dtype=dtype)
+
+
+def random_masked_patch_embed_case(N=2, C=3, h=2, w=3, p=2, D=6, ratio=0.5, dtype=torch.float32, seed=0,
+                                   pos="fixed"):
+    g = _gen(seed)
+    L = h * w
+    imgs = _images(g, N, C, h, w, p, dtype)
+    weight, bias, pos_embed = _embed_params(g, C, p, D, L, dtype, pos, None)
+    noise = torch.rand(N, L, generator=g)
+
+    def fn(imgs, weight, bias, pos_embed, noise):
+        return mae_kernels.random_masked_patch_embed(imgs, weight, bias, pos_embed, ratio, noise=noise)
+
+    def ref64(imgs, weight, bias, pos_embed, noise):
+        ids_keep, ids_restore, mask = reference.random_mask_indices(N, L, ratio, noise)
+        return reference.masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed), mask, ids_restore, ids_keep
+    return Case("random_masked_patch_embed", fn, ref64=ref64,
+                inputs=dict(imgs=imgs, weight=weight, bias=bias, pos_embed=pos_embed, noise=noise),
+                grad=("imgs", "weight", "bias") + (("pos_embed",) if pos == "grad" else ()), exact=False,
+                tol_dtype=dtype)
+
+
+def unshuffle_case(N=2, L=7, K=3, D=5, dtype=torch.float32, param_dtype=torch.float32, has_cls=True, pos="grad",
+                   seed=0):
+    g = _gen(seed)
+    c = int(has_cls)
+    x = _randn(g, N, c + K, D, dtype=dtype)
+    mask_token = _randn(g, 1, 1, D, dtype=param_dtype)
+    ids_restore = _ids(g, N, L).argsort(dim=1)
+    pos_embed = None if pos is None else _randn(g, 1, c + L, D, dtype=param_dtype)
+
+    def fn(x, mask_token, ids_restore, pos_embed):
+        return mae_kernels.unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed, has_cls=has_cls)
+
+    def ref64(x, mask_token, ids_restore, pos_embed):
+        return reference.unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed, has_cls)
+    return Case("unshuffle_with_mask_tokens", fn, ref64=ref64,
+                inputs=dict(x=x, mask_token=mask_token, ids_restore=ids_restore, pos_embed=pos_embed),
+                grad=("x", "mask_token") + (("pos_embed",) if pos == "grad" else ()), exact=False)
+
+
+def masked_mse_loss_case(N=2, C=3, h=2, w=3, p=2, K=2, dtype=torch.float32, img_dtype=None, norm=True,
+                         removed_only=False, seed=0, channels_last=False):
+    """removed_only: pred holds the L - K removed patches only (ids_shuffle given)."""
+    g = _gen(seed)
+    L, P = h * w, p * p * C
+    imgs = _images(g, N, C, h, w, p, img_dtype or dtype, channels_last)
+    ids_shuffle = _ids(g, N, L)
+    mask = torch.ones(N, L).scatter(1, ids_shuffle[:, :K], 0.0)
+    pred = _randn(g, N, L - K if removed_only else L, P, dtype=dtype)
+
+    def fn(pred, imgs, mask, ids_shuffle):
+        return mae_kernels.masked_mse_loss(pred, imgs, mask, p, norm_pix_loss=norm, ids_shuffle=ids_shuffle)
+
+    def ref64(pred, imgs, mask, ids_shuffle):
+        return masked_mse_loss_reference(pred, imgs, mask, p, norm, 1e-6, ids_shuffle)
+    return Case("masked_mse_loss", fn, ref64=ref64,
+                inputs=dict(pred=pred, imgs=imgs, mask=mask, ids_shuffle=ids_shuffle if removed_only else None),
+                grad=("pred", "imgs"), exact=False)
+
+
+def patch_stats_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
+    imgs = _images(_gen(seed), N, C, h, w, p, dtype)
+    # Reductions by torch on the tensors' device (every backend runs the reference maths): not bit-exact on a GPU.
+    return Case("patch_stats", lambda imgs: mae_kernels.patch_stats(imgs, p), dict(imgs=imgs), grad=("imgs",),
+                exact=False, ref64=lambda imgs: reference.patch_stats(imgs, p))
+
+
+def denormalize_pred_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
+    g = _gen(seed)
+    imgs = _images(g, N, C, h, w, p, dtype)
+    pred = _randn(g, N, h * w, p * p * C, dtype=dtype)
+    return Case("denormalize_pred", lambda pred, imgs: mae_kernels.denormalize_pred(pred, imgs, p),
+                dict(pred=pred, imgs=imgs), grad=("pred", "imgs"), exact=False,
+                ref64=lambda pred, imgs: reference.denormalize_pred(pred, imgs, p))
+
+
+def all_cases(dtype=torch.float32, seed=0):
+    """One small case of every public op (the ones with a gradient use it)."""
+    return [
+        random_masking_case(dtype=dtype, seed=seed),
+        random_mask_indices_case(seed=seed),
+        patchify_case(dtype=dtype, seed=seed),
+        unpatchify_case(dtype=dtype, seed=seed),
+        masked_patchify_case(dtype=dtype, seed=seed),
+        masked_patch_embed_case(dtype=dtype, seed=seed),
+        random_masked_patch_embed_case(dtype=dtype, seed=seed),
+        unshuffle_case(dtype=dtype, seed=seed),
+        masked_mse_loss_case(dtype=dtype, seed=seed),
+        masked_mse_loss_case(dtype=dtype, seed=seed, removed_only=True),
+        patch_stats_case(dtype=dtype, seed=seed),
+        denormalize_pred_case(dtype=dtype, seed=seed),
+    ]
+
+
+def gpu_cases():
+    """One case of every op, large enough on a GPU for many blocks to share each reduction (where atomics or a
+    wrong stream would show)."""
+    return [
+        random_masking_case(N=64, L=196, D=256),
+        random_mask_indices_case(N=64, L=1568),
+        patchify_case(N=8, C=3, h=14, w=10, p=16),
+        unpatchify_case(N=8, C=3, h=14, w=10, p=16),
+        masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),
+        masked_patch_embed_case(N=32, C=3, h=14, w=14, p=16, K=49, D=256, pos="grad"),
+        random_masked_patch_embed_case(N=16, C=3, h=14, w=14, p=16, D=256, ratio=0.75),
+        unshuffle_case(N=64, L=196, K=49, D=512, dtype=torch.bfloat16),
+        masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49),
+        masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
+        patch_stats_case(N=8, C=3, h=14, w=14, p=16),
+        denormalize_pred_case(N=8, C=3, h=14, w=14, p=16),
+    ]
