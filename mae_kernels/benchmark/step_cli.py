@@ -12,7 +12,7 @@ import torch
 
 from . import environment, train_step
 
-TIMING = {"cuda": dict(warmup=3, steps=20, rounds=1), "cpu": dict(warmup=3, steps=10, rounds=5)}
+TIMING = {"cuda": dict(warmup=3, steps=20, rounds=1), "cpu": dict(warmup=3, steps=6, rounds=8)}
 QUICK = dict(warmup=1, steps=2, rounds=1)
 NOTE = {"cpu": "CPU: fp32 (no autocast); peak_mb n/a (no allocator statistics); step_peak_mb from the torch "
                "profiler's allocation records; the issue's targets are stated for the H100 and shown here as a "
