@@ -36,6 +36,10 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
     assert summary["targets"]["speed_vs_compile"]["met"] is None  # no compile provider in this run
     out = capsys.readouterr().out
     assert "images/s" in out and "tiny: fused" in out
+    (path,) = tmp_path.glob("*-train_step-quick.json")
+    assert step_cli.main(["--markdown", str(path)]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert len(md) == 4 and md[2].startswith("| tiny (N=4, fp32) | eager |")
 
 
 def test_wrong_loss_is_caught(tmp_path, monkeypatch):

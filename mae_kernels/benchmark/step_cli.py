@@ -57,6 +57,8 @@ def parse(argv):
     p.add_argument("--out", default=os.path.join("bench", "results"),
                    help="folder of <device-slug>-train_step.json (default: bench/results)")
     p.add_argument("--note", default="", help="free text stored in the JSON")
+    p.add_argument("--markdown", metavar="JSON", default=None,
+                   help="print the Markdown table of a results file written earlier (for bench/README.md) and exit")
     args = p.parse_args(argv)
     timing = dict(QUICK if args.quick else TIMING[args.device])
     for key in timing:
@@ -104,8 +106,30 @@ def table(rows, summaries, targets_apply):
     return "\n".join(lines)
 
 
+def markdown(data):
+    """The README table of a results file: per config and provider, images/s (median, p20-p80), ratios, memory."""
+    mb = lambda v: "n/a" if v is None else f"{v:.0f}"  # noqa: E731
+    x = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+    lines = ["| config (N, dtype) | provider | step ms (median) | images/s (median; p20-p80) | vs eager | "
+             "vs compile | peak MB | step peak MB | peak vs eager |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        head = f"{r['config']} (N={r['batch']}, {r['dtype']})"
+        if r["status"] != "ok":
+            lines.append(f"| {head} | {r['provider']} | {r['status']}: {r['reason']} | | | | | | |")
+            continue
+        lines.append(f"| {head} | {r['provider']} | {r['median_ms']:.1f} | {r['images_per_s']:.1f} "
+                     f"({r['images_per_s_p20']:.1f}-{r['images_per_s_p80']:.1f}) | {x(r['speed_vs_eager'])} | "
+                     f"{x(r['speed_vs_compile'])} | {mb(r['peak_mb'])} | {mb(r['step_peak_mb'])} | "
+                     f"{x(r['peak_vs_eager'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("mae-kernels bench-step: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
@@ -129,7 +153,9 @@ def main(argv=None):
         summaries = train_step.summarize(rows)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
-            json.dump(dict(env, settings=dict(settings, seconds=round(time.time() - start, 1)),
+            load_now = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+            json.dump(dict(env, settings=dict(settings, seconds=round(time.time() - start, 1),
+                                              load_average_last=load_now),
                            method=train_step.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
                            device_note=NOTE[device.type], targets_apply=targets_apply, summary=summaries,
                            rows=rows), f, indent=1)
