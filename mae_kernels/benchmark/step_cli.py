@@ -78,7 +78,7 @@ COLUMNS = [  # (header, key, format)
     ("images/s", "images_per_s", "{:.1f}"), ("vs eager", "speed_vs_eager", "{:.2f}x"),
     ("vs compile", "speed_vs_compile", "{:.2f}x"), ("peak MB", "peak_mb", "{:.0f}"),
     ("step peak MB", "step_peak_mb", "{:.0f}"), ("peak vs eager", "peak_vs_eager", "{:.2f}x"),
-    ("first step s", "first_step_s", "{:.1f}"), ("first loss", "first_loss", "{:.5f}"),
+    ("CPU ms", "cpu_ms_median", "{:.0f}"), ("first step s", "first_step_s", "{:.1f}"), ("first loss", "first_loss", "{:.5f}"),
 ]
 
 
@@ -110,17 +110,20 @@ def markdown(data):
     """The README table of a results file: per config and provider, images/s (median, p20-p80), ratios, memory."""
     mb = lambda v: "n/a" if v is None else f"{v:.0f}"  # noqa: E731
     x = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+    cpu_time = lambda r: f"{r['cpu_ms_median']:.0f} ({x(r.get('cpu_time_vs_eager'))})" \
+        if r.get("cpu_ms_median") else "n/a"  # noqa: E731
     lines = ["| config (N, dtype) | provider | step ms (median) | images/s (median; p20-p80) | vs eager | "
-             "vs compile | peak MB | step peak MB | peak vs eager |", "|---|---|---|---|---|---|---|---|---|"]
+             "vs compile | peak MB | step peak MB | peak vs eager | CPU time ms (vs eager) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         head = f"{r['config']} (N={r['batch']}, {r['dtype']})"
         if r["status"] != "ok":
-            lines.append(f"| {head} | {r['provider']} | {r['status']}: {r['reason']} | | | | | | |")
+            lines.append(f"| {head} | {r['provider']} | {r['status']}: {r['reason']} | | | | | | | |")
             continue
         lines.append(f"| {head} | {r['provider']} | {r['median_ms']:.1f} | {r['images_per_s']:.1f} "
                      f"({r['images_per_s_p20']:.1f}-{r['images_per_s_p80']:.1f}) | {x(r['speed_vs_eager'])} | "
                      f"{x(r['speed_vs_compile'])} | {mb(r['peak_mb'])} | {mb(r['step_peak_mb'])} | "
-                     f"{x(r['peak_vs_eager'])} |")
+                     f"{x(r['peak_vs_eager'])} | {cpu_time(r)} |")
     return "\n".join(lines)
 
 

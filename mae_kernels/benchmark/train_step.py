@@ -9,11 +9,15 @@ first-step losses must agree: each is checked against eager's (a correctness smo
 
 Timing: warm-up steps first (torch.compile compiles there; their time is recorded as first_step_s, not
 counted), then timed steps: CUDA events around each step on GPU, time.perf_counter on CPU; median and
-20th/80th percentiles -> images/s. Peak memory on GPU: torch.cuda.max_memory_allocated() over the timed steps
-(stats reset after warm-up) minus what was allocated before the provider built its model (so: parameters,
-gradients, optimizer state, activations; not the shared input batch). On CPU there are no allocator statistics:
-step_peak_mb is measured with the torch profiler's memory events (the high-water mark of tensor memory allocated
-during one extra, untimed step, above what was allocated at its start), and peak_mb is n/a.
+20th/80th percentiles -> images/s. On CPU also the process CPU time of each step (all threads; less sensitive
+than wall time to load from other processes on a shared machine), as cpu_ms_median.
+
+Peak memory on GPU: torch.cuda.max_memory_allocated() over the timed steps (stats reset after warm-up) minus
+what was allocated before the provider built its model (so: parameters, gradients, optimizer state,
+activations; not the shared input batch); step_peak_mb is the same peak minus what was allocated just before
+the timed steps. On CPU there are no allocator statistics: step_peak_mb is measured with the torch profiler's
+memory events (the high-water mark of tensor memory allocated during one extra, untimed step, above what was
+allocated at its start), and peak_mb is n/a.
 """
 import dataclasses
 import gc
@@ -115,7 +119,9 @@ class TrainStep:
 
 
 def time_steps(step, device, steps):
-    """Milliseconds of each of `steps` consecutive steps (CUDA events on GPU, perf_counter on CPU)."""
+    """(milliseconds of each of `steps` consecutive steps, CPU milliseconds of each or None): CUDA events on
+    GPU; on CPU time.perf_counter, and time.process_time (CPU time of all the process's threads, which load
+    from other processes inflates far less than wall time)."""
     device = torch.device(device)
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
@@ -125,13 +131,14 @@ def time_steps(step, device, steps):
             step()
             end.record()
         torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    times = []
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)], None
+    times, cpu_times = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append((time.perf_counter() - t0) * 1e3)
-    return times
+        cpu_times.append((time.process_time() - c0) * 1e3)
+    return times, cpu_times
 
 
 def cpu_step_peak_mb(step):
@@ -210,12 +217,14 @@ class _Run:
 
     def time(self, steps):
         try:
-            times = time_steps(self.step.step, self.device, steps)
+            times, cpu_times = time_steps(self.step.step, self.device, steps)
         except Exception as e:  # noqa: BLE001
             _failed(self.row, e)
             self.close()
             return False
         self.row["times_ms"] += times
+        if cpu_times is not None:
+            self.row.setdefault("cpu_times_ms", []).extend(cpu_times)
         self.row["round_medians_ms"].append(quantiles(times)["median_ms"])
         return True
 
@@ -244,6 +253,8 @@ class _Run:
                        images_per_s=batch / stats["median_ms"] * 1e3,
                        images_per_s_p20=batch / stats["p80_ms"] * 1e3,  # the slower steps: fewer images/s
                        images_per_s_p80=batch / stats["p20_ms"] * 1e3)
+            if row.get("cpu_times_ms"):
+                row["cpu_ms_median"] = quantiles(row["cpu_times_ms"])["median_ms"]
         self.close()
 
     def close(self):
@@ -325,6 +336,8 @@ def summarize(rows):
         for r in ok.values():
             r["speed_vs_eager"] = eager["median_ms"] / r["median_ms"] if eager else None
             r["speed_vs_compile"] = compiled["median_ms"] / r["median_ms"] if compiled else None
+            if eager and eager.get("cpu_ms_median") and r.get("cpu_ms_median"):
+                r["cpu_time_vs_eager"] = eager["cpu_ms_median"] / r["cpu_ms_median"]
             key = "peak_mb" if eager and eager.get("peak_mb") and r.get("peak_mb") else "step_peak_mb"
             r["peak_vs_eager"] = r[key] / eager[key] if eager and eager.get(key) and r.get(key) else None
             r["peak_vs_eager_of"] = key if r["peak_vs_eager"] is not None else None
