@@ -31,6 +31,7 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
         assert r["state_mb"] > 0 and r["first_step_s"] > 0
     assert rows["eager"]["speed_vs_eager"] == 1.0 and rows["eager"]["peak_vs_eager"] == 1.0
     assert rows["fused"]["first_loss"] == pytest.approx(rows["eager"]["first_loss"], rel=1e-5)
+    assert rows["fused"]["loss_checked_against_eager"] and not rows["eager"]["loss_checked_against_eager"]
     (summary,) = data["summary"]
     assert set(summary["targets"]) == {"speed_vs_eager", "peak_vs_eager", "speed_vs_compile"}
     assert summary["targets"]["speed_vs_compile"]["met"] is None  # no compile provider in this run
