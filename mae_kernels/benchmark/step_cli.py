@@ -11,6 +11,7 @@ import time
 import torch
 
 from . import environment, train_step
+from .cli import _list
 
 TIMING = {"cuda": dict(warmup=3, steps=20, rounds=1), "cpu": dict(warmup=3, steps=6, rounds=8)}
 QUICK = dict(warmup=1, steps=2, rounds=1)
@@ -18,14 +19,6 @@ NOTE = {"cpu": "CPU: fp32 (no autocast); peak_mb n/a (no allocator statistics); 
                "profiler's allocation records; the issue's targets are stated for the H100 and shown here as a "
                "comparison only",
         "cuda": "GPU: bf16 autocast; targets of issue 6 apply"}
-
-
-def _list(text, allowed, what):
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
-    return items
 
 
 def _positive(text):
@@ -45,7 +38,8 @@ def parse(argv):
     p.add_argument("--batch", type=_positive, default=None,
                    help="images per step for every config (default per config: tiny 64 on CPU; base 256, "
                         "large 128 on GPU)")
-    p.add_argument("--warmup", type=_positive, default=None, help="untimed steps first (torch.compile compiles in the first)")
+    p.add_argument("--warmup", type=_positive, default=None,
+                   help="untimed steps first (torch.compile compiles in the first)")
     p.add_argument("--steps", type=_positive, default=None, help="timed steps per round")
     p.add_argument("--rounds", type=_positive, default=None,
                    help="rounds of timed steps (on CPU the providers' rounds are interleaved)")
@@ -78,7 +72,8 @@ COLUMNS = [  # (header, key, format)
     ("images/s", "images_per_s", "{:.1f}"), ("vs eager", "speed_vs_eager", "{:.2f}x"),
     ("vs compile", "speed_vs_compile", "{:.2f}x"), ("peak MB", "peak_mb", "{:.0f}"),
     ("step peak MB", "step_peak_mb", "{:.0f}"), ("peak vs eager", "peak_vs_eager", "{:.2f}x"),
-    ("CPU ms", "cpu_ms_median", "{:.0f}"), ("first step s", "first_step_s", "{:.1f}"), ("first loss", "first_loss", "{:.5f}"),
+    ("CPU ms", "cpu_ms_median", "{:.0f}"), ("first step s", "first_step_s", "{:.1f}"),
+    ("first loss", "first_loss", "{:.5f}"),
 ]
 
 

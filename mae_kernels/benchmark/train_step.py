@@ -9,8 +9,8 @@ first-step losses must agree: each is checked against eager's (a correctness smo
 
 Timing: warm-up steps first (torch.compile compiles there; their time is recorded as first_step_s, not
 counted), then timed steps: CUDA events around each step on GPU, time.perf_counter on CPU; median and
-20th/80th percentiles -> images/s. On CPU also the process CPU time of each step (all threads; less sensitive
-than wall time to load from other processes on a shared machine), as cpu_ms_median.
+20th/80th percentiles -> images/s. On CPU also the process CPU time of each step (all threads), as
+cpu_ms_median: a second view of a step's cost on a shared machine (it grows under load too, less than wall time).
 
 Peak memory on GPU: torch.cuda.max_memory_allocated() over the timed steps (stats reset after warm-up) minus
 what was allocated before the provider built its model (so: parameters, gradients, optimizer state,
@@ -120,8 +120,7 @@ class TrainStep:
 
 def time_steps(step, device, steps):
     """(milliseconds of each of `steps` consecutive steps, CPU milliseconds of each or None): CUDA events on
-    GPU; on CPU time.perf_counter, and time.process_time (CPU time of all the process's threads, which load
-    from other processes inflates far less than wall time)."""
+    GPU; on CPU time.perf_counter, and time.process_time (CPU time of all the process's threads)."""
     device = torch.device(device)
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
