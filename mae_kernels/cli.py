@@ -5,7 +5,7 @@ import sys
 COMMANDS = {
     "info": ("mae_kernels.info", "versions, build, and which backends can run here (and why not)"),
     "bench": ("mae_kernels.benchmark.cli", "benchmark the ops against eager PyTorch and torch.compile"),
-    "bench-step": ("mae_kernels.benchmark.step_cli", "benchmark whole training steps: fused vs eager vs torch.compile"),
+    "bench-step": ("mae_kernels.benchmark.step_cli", "benchmark whole training steps: fused, eager, torch.compile"),
     "pretrain": ("mae_kernels.pretrain", "pre-train an MAE (default: a tiny one on embedded photographs)"),
 }
 
