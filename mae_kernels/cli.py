@@ -1,10 +1,11 @@
-"""`mae-kernels` / `python -m mae_kernels`: info, bench, pretrain."""
+"""`mae-kernels` / `python -m mae_kernels`: info, bench, bench-step, pretrain."""
 import argparse
 import sys
 
 COMMANDS = {
     "info": ("mae_kernels.info", "versions, build, and which backends can run here (and why not)"),
     "bench": ("mae_kernels.benchmark.cli", "benchmark the ops against eager PyTorch and torch.compile"),
+    "bench-step": ("mae_kernels.benchmark.step_cli", "benchmark whole training steps: fused, eager, torch.compile"),
     "pretrain": ("mae_kernels.pretrain", "pre-train an MAE (default: a tiny one on embedded photographs)"),
 }
 

@@ -33,6 +33,7 @@ XDIST=()
 step tests "$PY" -m pytest tests -q -rfEs -p no:cacheprovider "${XDIST[@]}" --junitxml="$RESULTS/tests.xml"
 
 step bench "$PY" -m mae_kernels bench --out "$RESULTS" --note "make gpu-check"
+step bench-step timeout 300 "$PY" -m mae_kernels bench-step --out "$RESULTS" --time-budget 150 --note "make gpu-check"
 step pytest-bench "$PY" -m pytest bench -q -rfEs -p no:cacheprovider --benchmark-enable --benchmark-only \
   --benchmark-json="$RESULTS/pytest_bench.json" --benchmark-columns=min,median,iqr,rounds
 

@@ -1,0 +1,356 @@
+"""Whole MAE training step benchmark (`mae-kernels bench-step`, bench/test_bench_train_step.py).
+
+One step = forward (loss), backward, AdamW step (the reference recipe: betas 0.9/0.95, weight decay 0.05 except
+biases and norms), zero_grad(set_to_none=True); bf16 autocast on GPU, fp32 on CPU. Providers: "eager" (the
+official eager path, use_fused_ops=False), "fused" (use_fused_ops=True), "compile" and "fused+compile"
+(torch.compile of the eager / fused model; the optimizer stays eager, as pretrain --compile). Every provider
+starts from the same weights, images and masking noise (norm_pix_loss on, mask ratio 0.75), so their
+first-step losses must agree: each is checked against eager's (a correctness smoke of the whole model).
+
+Timing: warm-up steps first (torch.compile compiles there; their time is recorded as first_step_s, not
+counted), then timed steps: CUDA events around each step on GPU, time.perf_counter on CPU; median and
+20th/80th percentiles -> images/s. On CPU also the process CPU time of each step (all threads), as
+cpu_ms_median: a second view of a step's cost on a shared machine (it grows under load too, less than wall time).
+
+Peak memory on GPU: torch.cuda.max_memory_allocated() over the timed steps (stats reset after warm-up) minus
+what was allocated before the provider built its model (so: parameters, gradients, optimizer state,
+activations; not the shared input batch); step_peak_mb is the same peak minus what was allocated just before
+the timed steps. On CPU there are no allocator statistics: step_peak_mb is measured with the torch profiler's
+memory events (the high-water mark of tensor memory allocated during one extra, untimed step, above what was
+allocated at its start), and peak_mb is n/a.
+"""
+import dataclasses
+import gc
+import time
+
+import torch
+
+from ..models import MODELS
+from . import harness
+
+PROVIDERS = ("eager", "fused", "compile", "fused+compile")
+MASK_RATIO = 0.75
+WEIGHT_DECAY = 0.05
+BLR = 1.5e-4  # the reference base learning rate (lr = blr * batch / 256); it does not change the step's cost
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    model: str       # a key of mae_kernels.models.MODELS
+    img_size: int
+    batch: dict      # {"cpu": N, "cuda": N}: the default batch per device type
+
+
+CONFIGS = {c.name: c for c in (
+    Config("tiny", "mae_vit_tiny", 64, {"cpu": 64, "cuda": 256}),
+    Config("base", "mae_vit_base_patch16", 224, {"cuda": 256, "cpu": 8}),
+    Config("large", "mae_vit_large_patch16", 224, {"cuda": 128, "cpu": 4}),  # 128 leaves ample room in 80 GB
+)}
+DEFAULT_CONFIGS = {"cpu": ("tiny",), "cuda": ("base", "large")}
+
+# Targets from issue 6 (H100, bf16): fused >= 1.10x eager images/s, peak memory <= 0.9x eager's, and ahead of
+# torch.compile of the eager model. On CPU the same ratios are reported as a comparison.
+TARGETS = {"speed_vs_eager": 1.10, "peak_vs_eager": 0.90, "speed_vs_compile": 1.0}
+
+
+def autocast_dtype(device):
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+def loss_tolerance(device, provider):
+    """(rtol, atol) of a provider's first-step loss against eager's: those of tests/test_model.py (bf16
+    autocast: the GPU test's; fp32: fused vs eager, looser for inductor's reordered sums)."""
+    if autocast_dtype(device) is not None:
+        return 0.05, 0.02
+    return (1e-4, 1e-5) if "compile" in provider else (1e-5, 1e-6)
+
+
+def make_inputs(config, batch, device, seed=0):
+    """(initial weights on CPU, images, noise): the same for every provider."""
+    torch.manual_seed(seed)
+    model = MODELS[config.model](img_size=config.img_size)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    imgs = torch.randn(batch, model.in_chans, config.img_size, config.img_size, generator=gen).to(device)
+    noise = torch.rand(batch, model.patch_embed.num_patches, generator=gen).to(device)
+    return state, imgs, noise
+
+
+def param_groups(model, weight_decay):
+    """No weight decay on biases and 1-D parameters (norm weights), as the reference (timm's add_weight_decay)."""
+    from ..pretrain import param_groups as groups
+    return groups(model, weight_decay)
+
+
+class TrainStep:
+    """One provider's model and optimizer; step() runs one training step and returns the loss (a tensor)."""
+
+    def __init__(self, config, provider, state, imgs, noise):
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+        self.config, self.provider, self.imgs, self.noise = config, provider, imgs, noise
+        self.device = imgs.device
+        model = MODELS[config.model](img_size=config.img_size, norm_pix_loss=True,
+                                     use_fused_ops=provider.startswith("fused"))
+        model.load_state_dict(state)
+        self.model = model.to(self.device).train()
+        self.net = torch.compile(self.model) if provider.endswith("compile") else self.model
+        lr = BLR * imgs.shape[0] / 256
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, WEIGHT_DECAY), lr=lr, betas=(0.9, 0.95))
+        self.amp = autocast_dtype(self.device)
+
+    def step(self):
+        if self.amp is not None:
+            with torch.autocast(self.device.type, dtype=self.amp):
+                loss, _, _ = self.net(self.imgs, mask_ratio=MASK_RATIO, noise=self.noise)
+        else:
+            loss, _, _ = self.net(self.imgs, mask_ratio=MASK_RATIO, noise=self.noise)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def state_mb(self):
+        """Parameters and optimizer state (bytes of those tensors), MB."""
+        tensors = list(self.model.parameters()) + [t for s in self.optimizer.state.values() for t in s.values()
+                                                   if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
+def time_steps(step, device, steps):
+    """(milliseconds of each of `steps` consecutive steps, CPU milliseconds of each or None): CUDA events on
+    GPU; on CPU time.perf_counter, and time.process_time (CPU time of all the process's threads)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        for start, end in zip(starts, ends):
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)], None
+    times, cpu_times = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+        cpu_times.append((time.process_time() - c0) * 1e3)
+    return times, cpu_times
+
+
+def cpu_step_peak_mb(step):
+    """High-water mark of CPU tensor memory allocated during one step above what was allocated at its start,
+    from the torch profiler's allocation records (MB); None when the profiler does not give them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        records = [e for e in prof.profiler.kineto_results.events()
+                   if e.name() == "[memory]" and "CPU" in str(e.device_type())]
+    except (AttributeError, RuntimeError):
+        return None
+    current = peak = 0
+    for e in sorted(records, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak / 1e6 if records else None
+
+
+def quantiles(times):
+    q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
+    return {"median_ms": q[0].item(), "p20_ms": q[1].item(), "p80_ms": q[2].item()}
+
+
+def free_device_memory(device):
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _failed(row, e):
+    row.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+
+
+class _Run:
+    """One (config, provider): build, warm up (first-step loss checked against eager's), time, measure memory."""
+
+    def __init__(self, config, provider, batch, inputs, device):
+        self.device = torch.device(device)
+        self.row = {"config": config.name, "model": config.model, "img_size": config.img_size, "batch": batch,
+                    "dtype": "bf16 autocast" if autocast_dtype(device) is not None else "fp32",
+                    "provider": provider, "status": "ok", "times_ms": [], "round_medians_ms": []}
+        self.config, self.provider, self.inputs, self.step = config, provider, inputs, None
+
+    def prepare(self, warmup, eager_loss):
+        row = self.row
+        cuda = self.device.type == "cuda"
+        try:
+            free_device_memory(self.device)
+            self.base_alloc = torch.cuda.memory_allocated(self.device) if cuda else 0
+            self.step = TrainStep(self.config, self.provider, *self.inputs)
+            t0 = time.perf_counter()
+            first = self.step.step().float().item()  # .item() waits for the device
+            row["first_step_s"] = time.perf_counter() - t0  # includes torch.compile's compilation
+            row["first_loss"] = first
+            row["loss_checked_against_eager"] = eager_loss is not None and self.provider != "eager"
+            if row["loss_checked_against_eager"]:
+                rtol, atol = loss_tolerance(self.device, self.provider)
+                row["loss_diff_vs_eager"] = abs(first - eager_loss)
+                if not abs(first - eager_loss) <= atol + rtol * abs(eager_loss):
+                    raise AssertionError(f"first-step loss {first:.6g} differs from eager's {eager_loss:.6g} "
+                                         f"(rtol {rtol}, atol {atol})")
+            for _ in range(max(0, warmup - 1)):
+                self.step.step()
+            row["state_mb"] = self.step.state_mb()  # AdamW creates its state at the first step
+            harness.synchronize(self.device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self.before_step = torch.cuda.memory_allocated(self.device)
+        except Exception as e:  # noqa: BLE001  (a provider that breaks is reported, the others go on)
+            _failed(row, e)
+            self.close()
+        return row["status"] == "ok"
+
+    def time(self, steps):
+        try:
+            times, cpu_times = time_steps(self.step.step, self.device, steps)
+        except Exception as e:  # noqa: BLE001
+            _failed(self.row, e)
+            self.close()
+            return False
+        self.row["times_ms"] += times
+        if cpu_times is not None:
+            self.row.setdefault("cpu_times_ms", []).extend(cpu_times)
+        self.row["round_medians_ms"].append(quantiles(times)["median_ms"])
+        return True
+
+    def finish(self):
+        """Peak memory, last loss finite, statistics; frees the model."""
+        row = self.row
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                peak = torch.cuda.max_memory_allocated(self.device)
+                row["peak_mb"] = (peak - self.base_alloc) / 1e6
+                row["step_peak_mb"] = (peak - self.before_step) / 1e6
+            else:
+                row["peak_mb"] = None
+                row["step_peak_mb"] = cpu_step_peak_mb(self.step.step)
+            last = self.step.step().float().item()
+            row["last_loss"] = last
+            if not torch.isfinite(torch.tensor(last)):
+                raise FloatingPointError(f"loss is {last} at the end of the run")
+        except Exception as e:  # noqa: BLE001
+            _failed(row, e)
+        if row["status"] == "ok":
+            stats = quantiles(row["times_ms"])
+            batch = row["batch"]
+            row.update(stats, steps=len(row["times_ms"]), rounds=len(row["round_medians_ms"]),
+                       images_per_s=batch / stats["median_ms"] * 1e3,
+                       images_per_s_p20=batch / stats["p80_ms"] * 1e3,  # the slower steps: fewer images/s
+                       images_per_s_p80=batch / stats["p20_ms"] * 1e3)
+            if row.get("cpu_times_ms"):
+                row["cpu_ms_median"] = quantiles(row["cpu_times_ms"])["median_ms"]
+        self.close()
+
+    def close(self):
+        self.step = None
+        if self.provider.endswith("compile") and self.device.type == "cuda":
+            torch._dynamo.reset()  # drop the compiled graphs (and what they hold) before the next provider
+        free_device_memory(self.device)
+
+
+def run(config_names, providers=PROVIDERS, device="cpu", batch=None, warmup=3, steps=10, rounds=1,
+        time_budget_s=None, log=print, on_update=None):
+    """Benchmark each (config, provider): a list of rows (dicts), ratios added by summarize().
+
+    Providers run one after another (all rounds of one, then the next; provider-major across configs, so
+    that a time budget cuts the slow compiled ones first), except on CPU with several rounds, where the
+    providers of a config are kept alive and their rounds interleaved, so that load from other processes
+    falls on all of them alike. A provider not started within time_budget_s is skipped, saying so.
+    on_update(rows) is called after each provider (the CLI rewrites its JSON there)."""
+    device = torch.device(device)
+    configs = [CONFIGS[name] for name in config_names]
+    start = time.time()
+    torch._dynamo.reset()
+    rows, eager_loss = [], {}
+
+    def over_budget():
+        return time_budget_s is not None and time.time() - start > time_budget_s
+
+    def update():
+        if on_update is not None:
+            on_update(rows)
+
+    inputs = {c.name: make_inputs(c, batch or c.batch[device.type], device) for c in configs}
+    interleave = device.type == "cpu" and rounds > 1
+    groups = [[(c, p) for p in providers] for c in configs] if interleave else \
+             [[(c, p)] for p in providers for c in configs]
+    for group in groups:
+        runs = []
+        for config, provider in group:
+            n = batch or config.batch[device.type]
+            r = _Run(config, provider, n, inputs[config.name], device)
+            rows.append(r.row)
+            if over_budget():
+                r.row.update(status="skipped", reason=f"time budget of {time_budget_s:.0f} s spent")
+                log(f"  {config.name} {provider}: skipped (time budget)")
+                continue
+            log(f"  {config.name} N={n} {provider}: building, {warmup} warm-up steps ...")
+            if r.prepare(warmup, eager_loss.get(config.name)):
+                if provider == "eager":
+                    eager_loss[config.name] = r.row["first_loss"]
+                log(f"  {config.name} N={n} {provider}: first step {r.row['first_step_s']:.1f} s, "
+                    f"loss {r.row['first_loss']:.5f}")
+                runs.append(r)
+            else:
+                log(f"  {config.name} N={n} {provider}: FAILED ({r.row['reason']})")
+        for i in range(rounds):
+            if i > 0 and over_budget():
+                log(f"  time budget spent after {i} round(s)")
+                break
+            for r in runs:
+                if r.step is not None and r.time(steps):
+                    log(f"  {r.config.name} {r.provider} round {i + 1}: median {r.row['round_medians_ms'][-1]:.2f} ms")
+        for r in runs:
+            if r.step is not None:
+                r.finish()
+            if r.row["status"] != "ok":
+                log(f"  {r.config.name} {r.provider}: FAILED ({r.row['reason']})")
+        summarize(rows)
+        update()
+    return rows
+
+
+def summarize(rows):
+    """Add speed_vs_eager, speed_vs_compile and peak_vs_eager to the ok rows; return one summary per config with
+    the fused model's targets. Memory ratios use peak_mb when both rows have it (GPU), else step_peak_mb (CPU)."""
+    summaries = []
+    for name in dict.fromkeys(r["config"] for r in rows):
+        ok = {r["provider"]: r for r in rows if r["config"] == name and r["status"] == "ok"}
+        eager, compiled = ok.get("eager"), ok.get("compile")
+        for r in ok.values():
+            r["speed_vs_eager"] = eager["median_ms"] / r["median_ms"] if eager else None
+            r["speed_vs_compile"] = compiled["median_ms"] / r["median_ms"] if compiled else None
+            if eager and eager.get("cpu_ms_median") and r.get("cpu_ms_median"):
+                r["cpu_time_vs_eager"] = eager["cpu_ms_median"] / r["cpu_ms_median"]
+            key = "peak_mb" if eager and eager.get("peak_mb") and r.get("peak_mb") else "step_peak_mb"
+            r["peak_vs_eager"] = r[key] / eager[key] if eager and eager.get(key) and r.get(key) else None
+            r["peak_vs_eager_of"] = key if r["peak_vs_eager"] is not None else None
+        fused = ok.get("fused")
+        summary = {"config": name, "targets": {}}
+        if fused:
+            for key, bound in TARGETS.items():
+                value = fused.get(key)
+                met = None if value is None else (value <= bound if key == "peak_vs_eager" else
+                                                  value > bound if key == "speed_vs_compile" else value >= bound)
+                summary["targets"][key] = {"value": value, "target": ("<= " if key == "peak_vs_eager" else
+                                                                       "> " if key == "speed_vs_compile" else
+                                                                       ">= ") + f"{bound:.2f}", "met": met}
+            summary["targets"]["peak_vs_eager"]["of"] = fused.get("peak_vs_eager_of")
+        summaries.append(summary)
+    return summaries
