@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 MAX_L = 8192  # longest row the per-program sort handles (validated in ops/random_masking.py)
-_INT64_MAX = 9223372036854775807
+_INT64_MAX = tl.constexpr(9223372036854775807)  # a compiled kernel reads only constexpr globals
 
 
 @triton.jit
