@@ -46,10 +46,12 @@ def _random_masking_fwd_kernel(
         v = tl.load(noise_ptr + n * snn + l * snl, mask=valid, other=0.0)
     else:
         v = _uniform(seed, offset + n * L + l)
+    # Zero and NaN from the bits: compiled float compares flush denormals to zero (denormal v == 0.0).
     bits = v.to(tl.int32, bitcast=True)
-    bits = tl.where(v == 0.0, 0, bits)            # -0.0 == +0.0: a tie, broken by index
-    bits = tl.where(v != v, 0x7FFFFFFF, bits)     # NaN after everything (+inf included)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse the magnitude order
+    magnitude = bits & 0x7FFFFFFF
+    bits = tl.where(magnitude == 0, 0, bits)                   # -0.0 == +0.0: a tie, broken by index
+    bits = tl.where(magnitude > 0x7F800000, 0x7FFFFFFF, bits)  # NaN after everything (+inf included)
+    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)         # negative floats: reverse the magnitude order
     key = (bits.to(tl.int64) << 32) | l
     key = tl.where(valid, key, _INT64_MAX)        # padding sorts last
     key = tl.sort(key)
