@@ -115,7 +115,9 @@ def _tile(rows, D):
 
 
 def _warps(block_l):
-    return 8 if block_l >= 2048 else 4
+    # 16 warps for the longest rows: 8192 keys at 8 warps needed 245 registers per thread and took ~5x longer to
+    # compile (about 100 s) than at 16 warps (128 registers, no spills; mae_kernels.triton.compile_check).
+    return 16 if block_l >= 4096 else 8 if block_l >= 2048 else 4
 
 
 def random_masking_forward(x, noise, len_keep, seed, offset):
