@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 RESULTS=bench/results
 DEST=${1:-${GPU_RESULTS_DIR:-}}
 PY=${PYTHON:-python3}
+export PY
 BUDGET=${GPU_CHECK_BUDGET:-470}
 START=$(date +%s)
 mkdir -p "$RESULTS"
@@ -60,6 +61,8 @@ step() {
     return 124
   fi
   echo "=== $name (limit ${limit}s, $(date -u +%H:%M:%S)): $*" | tee -a "$LOG"
+  # timeout runs programs, not shell functions: a function runs in a child bash that gets its definition.
+  if declare -F "$1" >/dev/null; then set -- bash -c "$(declare -f "$1"); $(printf '%q ' "$@")"; fi
   local t0; t0=$(date +%s)
   # SIGINT first: pytest then still prints its summary and writes its junit XML; SIGKILL 20 s later.
   timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"

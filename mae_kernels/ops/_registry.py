@@ -13,12 +13,12 @@ def define_triton_op(name, schema, impl):
     qualname = f"{name}_triton"
     LIB.define(qualname + schema)
 
-    def cpu_impl(*args):
+    def cpu_impl(*args, **kwargs):
         # Compiled Triton cannot touch CPU tensors: say why instead of failing inside the launcher.
         reason = triton_problem("cpu")
         if reason is not None:
             raise BackendUnavailable(f"mae_kernels::{qualname} on CPU tensors: {reason}")
-        return impl(*args)
+        return impl(*args, **kwargs)
 
     LIB.impl(qualname, cpu_impl, "CPU")
     LIB.impl(qualname, impl, "CUDA")
