@@ -75,7 +75,7 @@ def _arg_type(value):
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[value.dtype]
     if isinstance(value, bool):
-        return "i1"
+        return "u1"
     if isinstance(value, int):
         if -2**31 <= value < 2**31:
             return "i32"
@@ -138,14 +138,10 @@ class _Recorder:
 @contextlib.contextmanager
 def recording(sink, case):
     """Replace every @triton.jit kernel of the launcher modules by a recorder appending to `sink`."""
-    import triton
-
     saved = []
-    for name in MODULES:
-        mod = importlib.import_module(f"mae_kernels.triton.{name}")
-        for attr, value in vars(mod).items():
-            if isinstance(value, triton.runtime.jit.JITFunction) and attr.endswith("kernel"):
-                saved.append((mod, attr, value))
+    for name, value in all_kernels().items():
+        mod_name, attr = name.split(".")
+        saved.append((importlib.import_module(f"mae_kernels.triton.{mod_name}"), attr, value))
     for mod, attr, value in saved:
         setattr(mod, attr, _Recorder(value, sink, case))
     try:
@@ -258,8 +254,22 @@ def scenarios():
     return out
 
 
+def all_kernels():
+    """{module.kernel name: JITFunction} of every kernel of the launcher modules."""
+    import triton
+
+    out = {}
+    for name in MODULES:
+        mod = importlib.import_module(f"mae_kernels.triton.{name}")
+        for attr, value in vars(mod).items():
+            if isinstance(value, triton.runtime.jit.JITFunction) and attr.endswith("kernel"):
+                out[f"{name}.{attr}"] = value
+    return out
+
+
 def collect():
-    """The distinct launches of all scenarios (first description kept for each), in a stable order."""
+    """The distinct launches of all scenarios (first description kept for each), in a stable order. Raises when
+    a kernel of the launcher modules is never launched by the scenarios (a new kernel needs a scenario)."""
     launches = {}
     case = [""]
     sink = []
@@ -269,6 +279,10 @@ def collect():
             thunk()
     for launch in sink:
         launches.setdefault(launch.key(), launch)
+    launched = {id(ln.kernel) for ln in sink}
+    missing = [name for name, k in all_kernels().items() if id(k) not in launched]
+    if missing:
+        raise RuntimeError(f"kernels never launched by compile_check.scenarios(): {missing}")
     return list(launches.values())
 
 
@@ -344,6 +358,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--report", help="append a markdown summary (triton version, per-kernel worst case)")
     parser.add_argument("--module", choices=MODULES, help="compile only the kernels of this launcher module")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -376,7 +391,12 @@ def main(argv=None):
                             shared=r.shared, registers=r.registers, local=r.local, threads=r.threads,
                             problems=r.problems, launch=r.launch.describe(), grid=r.launch.grid,
                             case=r.launch.case) for r in results], f, indent=1)
-    print(summary(results))
+    table = summary(results)
+    print(table)
+    if args.report:
+        with open(args.report, "a") as f:
+            f.write(f"\n### triton {triton.__version__}, {', '.join(f'sm_{a}' for a in args.arch)}: "
+                    f"{len(results) - failed} of {len(results)} launches compiled within limits\n\n{table}\n")
     print(f"{len(results) - failed} of {len(results)} compiled within limits; {failed} failed", flush=True)
     return 1 if failed else 0
 
