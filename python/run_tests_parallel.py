@@ -87,6 +87,9 @@ def main():
     env = dict(os.environ)
     # CPU kernels use every core per process by default: share the cores between the processes instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(parts))))
+    # torch.compile in every process would start its own pool of compile workers (one per core): compile in
+    # process instead; the graphs of the tests are small.
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     tmp = tempfile.mkdtemp(prefix="mae_pytest_")
     procs = []
     for i, part in enumerate(parts):

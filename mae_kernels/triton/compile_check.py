@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +68,7 @@ class Result:
     registers: int = 0
     local: int = 0  # bytes of local memory per thread: register spills (or stack arrays)
     threads: int = 0
+    seconds: float = 0.0  # compile time (the GPU run pays it again at the first launch, per process)
     problems: list = field(default_factory=list)
 
 
@@ -308,12 +310,15 @@ def compile_one(launch, arch):
     from triton.compiler import ASTSource
 
     res = Result(launch, arch, ok=False)
+    start = time.time()
     try:
         src = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
     except Exception as e:  # noqa: BLE001 - every compiler failure is a finding to report
         res.error = f"{type(e).__name__}: {e}"
         return res
+    finally:
+        res.seconds = time.time() - start
     md = ck.metadata
     res.shared = int(md.shared)
     res.threads = int(md.num_warps) * 32 * int(getattr(md, "num_ctas", 1))
@@ -344,13 +349,13 @@ def summary(results):
         if not r.ok:
             continue
         key = (r.launch.kernel.fn.__module__.rsplit(".", 1)[-1], r.launch.kernel.__name__, r.arch)
-        n, smem, regs, threads, local = rows.get(key, (0, 0, 0, 0, 0))
+        n, smem, regs, threads, local, sec = rows.get(key, (0, 0, 0, 0, 0, 0.0))
         rows[key] = (n + 1, max(smem, r.shared), max(regs, r.registers), max(threads, r.threads),
-                     max(local, r.local))
-    lines = ["| module | kernel | arch | variants | max shared B | max regs/thread | max threads | spills (local B) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (mod, name, arch), (n, smem, regs, threads, local) in sorted(rows.items()):
-        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} |")
+                     max(local, r.local), max(sec, r.seconds))
+    lines = ["| module | kernel | arch | variants | max shared B | max regs/thread | max threads | spills (local B) "
+             "| slowest compile s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (mod, name, arch), (n, smem, regs, threads, local, sec) in sorted(rows.items()):
+        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} |")
     return "\n".join(lines)
 
 
@@ -377,8 +382,8 @@ def main(argv=None):
             bad = not r.ok or fatal(r)
             failed += bool(bad)
             status = "FAIL" if bad else "ok  "
-            usage = (f"smem {r.shared:6d} B, {r.registers:3d} regs x {r.threads:4d} thr, local {r.local} B"
-                     if r.ok else "compile error")
+            usage = (f"smem {r.shared:6d} B, {r.registers:3d} regs x {r.threads:4d} thr, local {r.local} B, "
+                     f"{r.seconds:5.1f} s" if r.ok else "compile error")
             extra = ("; " + "; ".join(r.problems)) if r.problems else ""
             print(f"{status} sm_{arch} {usage}{extra} | {launch.case} | grid {launch.grid} | {launch.describe()}"[:400],
                   flush=True)
@@ -389,6 +394,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump([dict(kernel=r.launch.kernel.__name__, arch=r.arch, ok=r.ok and not fatal(r), error=r.error,
                             shared=r.shared, registers=r.registers, local=r.local, threads=r.threads,
+                            seconds=round(r.seconds, 2),
                             problems=r.problems, launch=r.launch.describe(), grid=r.launch.grid,
                             case=r.launch.case) for r in results], f, indent=1)
     table = summary(results)
