@@ -86,7 +86,7 @@ step() {
 }
 
 env_report() {
-  echo "date: $(date -u)  host: $(hostname)  cpus: $(nproc)"
+  echo "date: $(date -u)  host: $(uname -n)  cpus: $(nproc)"
   echo "python: $(command -v "$PY") $("$PY" -c 'import sys; print(sys.version)' 2>&1)"
   "$PY" - <<'EOF' 2>&1
 import importlib, importlib.util
