@@ -4,7 +4,7 @@
 # bench/results/; with a folder as $1 (or GPU_RESULTS_DIR) the results are copied there after every step (so a
 # run killed from outside still leaves them), 8 flat files at most.
 #
-# Steps, most important first, each under its own time limit (GPU_CHECK_BUDGET seconds in all, default 470:
+# Steps, most important first, each under its own time limit (GPU_CHECK_BUDGET seconds in all, default 450:
 # the whole run stays under 8 minutes; a step never gets more than what is left):
 #   env          versions, GPU, which optional packages are missing (-> info.txt)
 #   build        setup.py build_ext --inplace (the compiled extension, CUDA kernels for TORCH_CUDA_ARCH_LIST)
@@ -20,7 +20,7 @@ RESULTS=bench/results
 DEST=${1:-${GPU_RESULTS_DIR:-}}
 PY=${PYTHON:-python3}
 export PY
-BUDGET=${GPU_CHECK_BUDGET:-470}
+BUDGET=${GPU_CHECK_BUDGET:-450}  # seconds; a step may overrun its limit by 20 s (SIGKILL grace)
 START=$(date +%s)
 mkdir -p "$RESULTS"
 LOG=$RESULTS/gpu_check.log
