@@ -253,6 +253,45 @@ def scenarios():
                                     lambda args=args, p=p, norm=norm, need_pred=need_pred, need_imgs=need_imgs:
                                     mse.masked_mse_loss_backward(_m(), *args(), p, norm, 1e-6, need_pred,
                                                                  need_imgs)))
+    out += _edge_scenarios(rm, pf, pe, un, mse)
+    return out
+
+
+def _edge_scenarios(rm, pf, pe, un, mse):
+    """The tiny and degenerate sizes of the unit tests (L = 1, K = 0 or 1, D = 3, P = 48, tiles wider than the
+    data): other block sizes and ==1 specializations than the benchmark shapes."""
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for L, K, D in ((1, 0, 3), (1, 1, 3), (4, 1, 5), (10, 3, 1), (50, 25, 7)):
+            for noise in (None, _m(2, L)):
+                out.append((f"edge random_masking_forward {dtype} L={L} K={K} D={D} noise={noise is not None}",
+                            lambda dtype=dtype, L=L, K=K, D=D, noise=noise: rm.random_masking_forward(
+                                _m(2, L, D, dtype=dtype), noise, K, 5, 8)))
+            out.append((f"edge random_masking_backward {dtype} L={L} K={K} D={D}",
+                        lambda dtype=dtype, L=L, K=K, D=D: rm.random_masking_backward(
+                            _m(2, K, D, dtype=dtype), _m(2, K, dtype=torch.int64), L)))
+        imgs = _m(2, 3, 8, 12, dtype=dtype)
+        out.append((f"edge masked_patchify {dtype}", lambda imgs=imgs: pf.gather(imgs, _m(2, 3, dtype=torch.int64), 4)))
+        out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None, 4, 8,
+                                                                             12)))
+        out.append((f"edge masked_patch_embed {dtype}",
+                    lambda imgs=imgs, dtype=dtype: pe.masked_patch_embed(imgs, _m(2, 3, dtype=torch.int64),
+                                                                         _m(8, 3, 4, 4, dtype=dtype), _m(8, dtype=dtype),
+                                                                         _m(1, 7, 8))))
+        for K, c in ((3, 1), (0, 0)):
+            out.append((f"edge unshuffle forward {dtype} K={K} cls={c}",
+                        lambda dtype=dtype, K=K, c=c: un.unshuffle_with_mask_tokens_forward(
+                            _m(3, c + K, 5, dtype=dtype), _m(1, 1, 5), _m(3, 10, dtype=torch.int64), _m(1, c + 10, 5),
+                            bool(c), dtype)))
+            out.append((f"edge unshuffle backward {dtype} K={K} cls={c}",
+                        lambda dtype=dtype, K=K, c=c: un.unshuffle_with_mask_tokens_backward(
+                            _m(3, c + 10, 5, dtype=dtype), _m(3, 10, dtype=torch.int64), K, bool(c), dtype, True)))
+        for ids in (None, _m(2, 4, dtype=torch.int64)):
+            rows = 6 if ids is None else 4
+            out.append((f"edge masked_mse_loss {dtype} rows={rows}",
+                        lambda dtype=dtype, ids=ids, rows=rows: mse.masked_mse_loss_backward(
+                            _m(), _m(2, rows, 48, dtype=dtype), _m(2, 3, 8, 12, dtype=dtype), _m(2, 6), ids, 4, True,
+                            1e-6, True, True)))
     return out
 
 
