@@ -278,7 +278,7 @@ def test_bad_input():
         (ValueError, "eps must be", lambda: f(pred, imgs, mask, p, eps=-1.0)),
         (ValueError, "ids_shuffle must have shape", lambda: f(pred, imgs, mask, p, ids_shuffle=mask.long()[:1])),
         (TypeError, "ids_shuffle must have dtype", lambda: f(pred, imgs, mask, p, ids_shuffle=mask)),
-        (ValueError, "ids_shuffle must hold patch indices",
+        (ValueError, r"ids_shuffle values must be patch indices in \[0, ",
          lambda: f(pred[:, :2], imgs, mask, p, ids_shuffle=torch.full((2, L), L))),
         (ValueError, "norm_pix_loss needs at least 2",
          lambda: f(torch.zeros(2, H * W, 1), imgs[:, :1], torch.ones(2, H * W), 1)),

@@ -159,7 +159,7 @@ def test_errors():
     ids = torch.tensor([[0, 1], [2, 5]])
     with pytest.raises(ValueError, match="divisible by patch_size=4"):
         mae_kernels.patchify(imgs, 4)
-    with pytest.raises(TypeError, match="patch_size must be a positive int"):
+    with pytest.raises(ValueError, match="patch_size must be a positive int"):
         mae_kernels.patchify(imgs, 0)
     with pytest.raises(ValueError, match="imgs must have 4 dimensions"):
         mae_kernels.patchify(imgs[0], 2)

@@ -1,5 +1,30 @@
-"""Input validation shared by every op and backend: errors name the argument, what was expected and what came."""
+"""Input validation shared by every op and backend: errors name the argument, what was expected and what came.
+
+Everything here runs in Python before any kernel launches, so every backend (cpu, cuda, triton, reference)
+sees the same checks. Index tensors get two levels of checks:
+- always: the values are in range ([0, L)). One reduction and one host sync in eager mode; under torch.compile
+  (no host sync possible) the same condition becomes torch._assert_async, a RuntimeError on CPU and a device
+  assert on CUDA. So out-of-range indices never reach a kernel that would read or write out of bounds.
+- debug mode (MAE_KERNELS_DEBUG=1, read at call time, skipped under torch.compile): the structure MAE's indices
+  must have, whose violation gives wrong results rather than out-of-bounds accesses: ids_keep distinct within
+  each row, ids_restore and ids_shuffle permutations of 0..L-1 per row, mask 0 on the kept patches.
+Meta tensors carry no data: only their metadata is checked.
+"""
+import math
+import os
+
 import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def debug_enabled():
+    """MAE_KERNELS_DEBUG=1 (read at call time): the index structure checks, which cost a device sync."""
+    return os.environ.get("MAE_KERNELS_DEBUG", "0") == "1"
+
+
+def _has_data(t):
+    return t.numel() > 0 and t.device.type != "meta"
 
 
 def check_tensor(name, t, ndim=None, dtypes=None, device=None, shape=None):
@@ -21,11 +46,112 @@ def _fmt(shape):
     return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
 
 
+def check_int(name, value, minimum=None):
+    """A Python int (bool excluded): TypeError otherwise; ValueError below `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if minimum is not None and value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+
 def check_mask_ratio(mask_ratio):
-    if isinstance(mask_ratio, torch.Tensor) or not isinstance(mask_ratio, (int, float)):
-        raise TypeError(f"mask_ratio must be a Python float in [0, 1), got {type(mask_ratio).__name__}")
-    if not 0.0 <= mask_ratio < 1.0:
+    if (isinstance(mask_ratio, (torch.Tensor, bool)) or not isinstance(mask_ratio, (int, float))):
+        raise TypeError(f"mask_ratio must be a Python float in [0, 1), got {type(mask_ratio).__name__} "
+                        f"({mask_ratio!r})")
+    if math.isnan(mask_ratio) or not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
 
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+def check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a non-negative float, got {type(eps).__name__} ({eps!r})")
+    if not eps >= 0:  # NaN included
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+
+
+def check_patch_size(patch_size):
+    check_int("patch_size", patch_size, minimum=1)
+
+
+def check_images(name, imgs, patch_size, dtypes=None, device=None):
+    """imgs [N, C, H, W], floating point (or one of `dtypes`), H and W divisible by patch_size."""
+    check_tensor(name, imgs, ndim=4, dtypes=dtypes, device=device)
+    if not imgs.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {imgs.dtype}")
+    H, W = imgs.shape[2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"{name}: image size {H}x{W} must be divisible by patch_size={patch_size} (patch_size "
+                         f"must divide the image height and width), got remainders {H % patch_size} and "
+                         f"{W % patch_size} for {name} of shape {tuple(imgs.shape)}")
+
+
+# --- index tensors ---------------------------------------------------------------------------------------
+
+
+def check_index_range(name, ids, L, what="patch indices"):
+    """Values of ids in [0, L): always (one host sync in eager mode, an async assert under torch.compile)."""
+    if not _has_data(ids):
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(((ids >= 0) & (ids < L)).all(), f"{name} values must be {what} in [0, {L})")
+        return
+    lo, hi = torch.aminmax(ids)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= L:
+        raise ValueError(f"{name} values must be {what} in [0, {L}) (L = number of patches), "
+                         f"got values in [{lo}, {hi}]")
+
+
+def _row_text(row, limit=16):
+    values = row.tolist()
+    return f"{values[:limit]}{' ...' if len(values) > limit else ''}"
+
+
+def check_distinct_rows(name, ids):
+    """Debug mode: no value repeats within a row of ids [N, K] (MAE keeps each patch at most once)."""
+    if not (debug_enabled() and _has_data(ids)) or torch.compiler.is_compiling() or ids.shape[1] < 2:
+        return
+    s = torch.sort(ids, dim=1).values
+    bad = (s[:, 1:] == s[:, :-1]).any(dim=1)
+    if bool(bad.any()):
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must hold distinct patch indices within each row (MAE_KERNELS_DEBUG=1 check), "
+                         f"got row {n}: {_row_text(ids[n])}")
+
+
+def check_permutation_rows(name, ids):
+    """Debug mode: every row of ids [N, L] is a permutation of 0..L-1."""
+    if not (debug_enabled() and _has_data(ids)) or torch.compiler.is_compiling():
+        return
+    N, L = ids.shape
+    expected = torch.arange(L, device=ids.device).expand(N, L)
+    bad = (torch.sort(ids, dim=1).values != expected).any(dim=1)
+    if bool(bad.any()):
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must hold a permutation of 0..{L - 1} in every row, got row {n}: "
+                         f"{_row_text(ids[n])}")
+
+
+def check_ids_keep(ids_keep, N, L, device):
+    """ids_keep [N, K] int64 on `device`: values in [0, L) always, distinct per row in debug mode."""
+    check_tensor("ids_keep", ids_keep, ndim=2, dtypes=(torch.int64,), device=device, shape=(N, None))
+    check_index_range("ids_keep", ids_keep, L)
+    check_distinct_rows("ids_keep", ids_keep)
+
+
+def check_mask_zero_on_kept(mask, ids_shuffle, K):
+    """Debug mode: mask [N, L] is 0 on the kept patches ids_shuffle[:, :K] (masked_mse_loss's removed-only
+    layout gives them no prediction row). Call after check_permutation_rows (the gather needs valid ids)."""
+    if not (debug_enabled() and _has_data(mask)) or torch.compiler.is_compiling() or K == 0:
+        return
+    bad = (mask.gather(1, ids_shuffle[:, :K]) != 0).any(dim=1)
+    if bool(bad.any()):
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(f"mask must be 0 on the kept patches ids_shuffle[:, :K] (K = L - pred rows = {K}: they "
+                         f"have no prediction row), got nonzero values at kept patches in row {n}")

@@ -15,7 +15,8 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import FLOAT_DTYPES, check_tensor
+from ._validate import (FLOAT_DTYPES, check_bool, check_eps, check_images, check_index_range, check_mask_zero_on_kept,
+                        check_patch_size, check_permutation_rows, check_tensor)
 
 _SCHEMA = ("(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int patch_size, bool norm_pix_loss, "
            "float eps, bool with_grad) -> (Tensor loss, Tensor grad_pred)")
@@ -85,20 +86,10 @@ for _name in ("cuda", "triton"):  # cpu shares cuda's compiled op
     register([BACKWARD_OPS[_name]], _fake_backward)
 
 
-def _check_patch_size(patch_size, imgs):
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-    H, W = imgs.shape[2:]
-    if H % patch_size or W % patch_size:
-        raise ValueError(f"patch_size must divide the image height and width, got patch_size {patch_size} for "
-                         f"imgs of shape {tuple(imgs.shape)}")
-
-
 def _check_imgs(imgs, patch_size, eps):
-    check_tensor("imgs", imgs, ndim=4, dtypes=FLOAT_DTYPES)
-    _check_patch_size(patch_size, imgs)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    check_patch_size(patch_size)
+    check_images("imgs", imgs, patch_size, dtypes=FLOAT_DTYPES)
+    check_eps(eps)
 
 
 def _validate(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle):
@@ -111,8 +102,7 @@ def _validate(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle):
         raise ValueError(f"pred must have shape [N={N}, L={L} (or the L - K removed patches), "
                          f"P=patch_size*patch_size*C={P}], got {tuple(pred.shape)}")
     check_tensor("mask", mask, ndim=2, dtypes=FLOAT_DTYPES + (torch.bool,), device=imgs.device, shape=(N, L))
-    if not isinstance(norm_pix_loss, bool):
-        raise TypeError(f"norm_pix_loss must be a bool, got {type(norm_pix_loss).__name__}")
+    check_bool("norm_pix_loss", norm_pix_loss)
     if norm_pix_loss and P < 2:
         raise ValueError(f"norm_pix_loss needs at least 2 values per patch (unbiased variance), got P={P}")
     if ids_shuffle is None:
@@ -124,9 +114,9 @@ def _validate(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle):
     if pred.shape[1] > L:
         raise ValueError(f"pred must have at most L={L} rows with ids_shuffle, got {pred.shape[1]}")
     ids_rows = ids_shuffle[:, L - pred.shape[1]:].contiguous()
-    if not torch.compiler.is_compiling() and ids_rows.numel() and not (
-            (ids_rows >= 0) & (ids_rows < L)).all():
-        raise ValueError(f"ids_shuffle must hold patch indices in [0, {L})")
+    check_index_range("ids_shuffle", ids_rows, L)  # the rows the kernels read; the rest only in debug mode
+    check_permutation_rows("ids_shuffle", ids_shuffle)  # MAE_KERNELS_DEBUG=1 only
+    check_mask_zero_on_kept(mask, ids_shuffle, L - pred.shape[1])  # MAE_KERNELS_DEBUG=1 only
     return ids_rows
 
 
@@ -145,8 +135,9 @@ def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6, 
     patch when norm_pix_loss: unbiased variance, eps inside the sqrt), averaged over removed patches.
 
     pred: [N, L, P] (P = patch_size**2 * C), or the removed patches only, [N, L - K, P] with ids_shuffle
-      [N, L] int64 (pred[n, j] is patch ids_shuffle[n, K + j]; mask must be 0 on ids_shuffle[:, :K]; the
-      indices are range-checked, which syncs with the device, except under torch.compile).
+      [N, L] int64 (pred[n, j] is patch ids_shuffle[n, K + j]; mask must be 0 on ids_shuffle[:, :K]). The
+      indices of the predicted rows are range-checked (a device sync; an async assert under torch.compile);
+      with MAE_KERNELS_DEBUG=1 ids_shuffle must also be a permutation per row and mask 0 on the kept patches.
     imgs: [N, C, H, W] (any strides; read in place, never patchified); mask: [N, L] float or bool, 1 = removed.
     Returns an fp32 scalar: sum(per_patch_mse * mask) / mask.sum(); statistics and sums in fp32 whatever the
     dtypes. Unlike the official code (0 / 0 = NaN), a mask with no removed patch (mask.sum() == 0) gives 0.0

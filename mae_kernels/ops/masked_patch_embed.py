@@ -15,9 +15,8 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import FLOAT_DTYPES, check_mask_ratio, check_tensor
+from ._validate import FLOAT_DTYPES, check_ids_keep, check_images, check_mask_ratio, check_tensor
 from .masked_patchify import OPS as PATCHIFY_OPS
-from .masked_patchify import check_ids_keep, check_images
 from .random_masking import random_mask_indices
 
 _SCHEMA = "(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed) -> Tensor"
@@ -81,19 +80,28 @@ for _name in ("cuda", "triton"):  # cpu shares cuda's compiled op
 
 
 def _autocast(imgs, weight, bias):
-    """Cast the GEMM operands to the autocast dtype when autocast is on for imgs' device (as nn.Conv2d)."""
+    """Cast the GEMM operands to the autocast dtype when autocast is on for imgs' device (as nn.Conv2d; like
+    autocast, only floating-point tensors: others are left for validation to reject)."""
     device_type = imgs.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        imgs, weight, bias = imgs.to(dtype), weight.to(dtype), bias.to(dtype)
+        imgs, weight, bias = (t.to(dtype) if t.is_floating_point() else t for t in (imgs, weight, bias))
     return imgs, weight, bias
 
 
-def _validate(imgs, ids_keep, weight, bias, pos_embed):
-    check_tensor("weight", weight, ndim=4, dtypes=FLOAT_DTYPES, device=imgs.device)
+def _check_weight(weight, device, dtypes=FLOAT_DTYPES):
+    """weight [D, C, p, p] (D, C, p >= 1) on `device`; returns (D, C, p)."""
+    check_tensor("weight", weight, ndim=4, dtypes=dtypes, device=device)
     D, C, p, p2 = weight.shape
-    if p != p2 or p < 1 or D < 1:
-        raise ValueError(f"weight must be a Conv2d patch embedding weight [D, C, p, p], got {tuple(weight.shape)}")
+    if p != p2 or min(D, C, p) < 1:
+        raise ValueError(f"weight must be a Conv2d patch embedding weight [D, C, p, p] with D, C, p >= 1, got "
+                         f"{tuple(weight.shape)}")
+    return D, C, p
+
+
+def _validate(imgs, ids_keep, weight, bias, pos_embed):
+    check_tensor("imgs", imgs, ndim=4)
+    D, C, p = _check_weight(weight, imgs.device)
     check_images("imgs", imgs, p)
     check_tensor("imgs", imgs, dtypes=(weight.dtype,), shape=(None, C))
     N, _, H, W = imgs.shape
@@ -104,25 +112,38 @@ def _validate(imgs, ids_keep, weight, bias, pos_embed):
     check_ids_keep(ids_keep, N, L, imgs.device)
 
 
-def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
-    """Patch embedding of the kept patches only: [N, K, D].
-
-    imgs [N, C, H, W] (any strides); ids_keep [N, K] int64 patch indices (distinct within a row, as
-    random_mask_indices makes them); weight [D, C, p, p] and bias [D] of the Conv2d patch embedding (bias None:
-    no bias); pos_embed [1, 1 + L, D] with the cls row first, or None. Output dtype: imgs' (the autocast dtype
-    under autocast) promoted with pos_embed's, as the reference's conv + pos_embed add. Differentiable with
-    respect to imgs, weight, bias and pos_embed."""
+def _prepare(imgs, ids_keep, weight, bias, pos_embed):
+    """The validated GEMM operands (imgs, weight, bias): bias None -> zeros, autocast applied."""
     check_tensor("imgs", imgs, ndim=4)
     check_tensor("weight", weight, ndim=4)
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
     check_tensor("bias", bias, ndim=1)
+    if pos_embed is not None:
+        check_tensor("pos_embed", pos_embed, ndim=3)
     imgs, weight, bias = _autocast(imgs, weight, bias)
     _validate(imgs, ids_keep, weight, bias, pos_embed)
+    return imgs, weight, bias
+
+
+def _run(imgs, ids_keep, weight, bias, pos_embed):
     backend = select("masked_patch_embed", imgs.device.type)
     if backend == "reference":
         return reference.masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed)
     return OPS[backend](imgs, ids_keep, weight, bias, pos_embed)
+
+
+def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
+    """Patch embedding of the kept patches only: [N, K, D].
+
+    imgs [N, C, H, W] (any strides); ids_keep [N, K] int64 patch indices (distinct within a row, as
+    random_mask_indices makes them; their range is always checked, their distinctness with MAE_KERNELS_DEBUG=1);
+    weight [D, C, p, p] and bias [D] of the Conv2d patch embedding (bias None: no bias); pos_embed
+    [1, 1 + L, D] with the cls row first, or None. Output dtype: imgs' (the autocast dtype
+    under autocast) promoted with pos_embed's, as the reference's conv + pos_embed add. Differentiable with
+    respect to imgs, weight, bias and pos_embed."""
+    imgs, weight, bias = _prepare(imgs, ids_keep, weight, bias, pos_embed)
+    return _run(imgs, ids_keep, weight, bias, pos_embed)
 
 
 def random_masked_patch_embed(imgs, weight, bias, pos_embed, mask_ratio, noise=None, generator=None):
@@ -130,12 +151,13 @@ def random_masked_patch_embed(imgs, weight, bias, pos_embed, mask_ratio, noise=N
     masked_patch_embed of the kept patches. Returns (tokens [N, K, D], mask [N, L] float32 with 1 = removed,
     ids_restore [N, L] int64, ids_keep [N, K] int64), K = int(L * (1 - mask_ratio))."""
     check_tensor("imgs", imgs, ndim=4)
-    check_tensor("weight", weight, ndim=4)
-    check_mask_ratio(mask_ratio)
-    p = weight.shape[-1]
+    _, _, p = _check_weight(weight, imgs.device, dtypes=None)  # the dtype is checked after autocast
     check_images("imgs", imgs, p)
+    check_mask_ratio(mask_ratio)
     N, _, H, W = imgs.shape
+    no_ids = torch.empty(N, 0, dtype=torch.int64, device=imgs.device)
+    imgs, weight, bias = _prepare(imgs, no_ids, weight, bias, pos_embed)  # everything checked before any kernel
     ids_keep, ids_restore, mask = random_mask_indices(N, (H // p) * (W // p), mask_ratio, noise=noise,
                                                       generator=generator, device=imgs.device)
-    tokens = masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed)
+    tokens = _run(imgs, ids_keep, weight, bias, pos_embed)  # ids_keep valid by construction: no sync
     return tokens, mask, ids_restore, ids_keep

@@ -7,14 +7,15 @@ Compiled ops (CPU, CUDA) and their Triton twins (<name>_triton) share these sche
   masked_patchify(imgs, ids_keep [N, K] int64, patch_size) -> [N, K, p*p*C]   (only the kept pixels are read)
   masked_patchify_backward(grad [N, K, P], ids_keep, patch_size, height, width) -> [N, C, H, W] (zeros elsewhere)
 Patch vectors are in (p_row, p_col, c) order, channel fastest; token l = row * (W / p) + col.
-ids_keep entries must be distinct within a row (as random masking makes them) for the scatter to be a gradient.
+ids_keep entries must be distinct within a row (as random masking makes them) for the scatter to be a gradient;
+their range is always checked, their distinctness with MAE_KERNELS_DEBUG=1 (ops/_validate.py).
 """
 import torch
 
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import check_tensor
+from ._validate import check_ids_keep, check_images, check_patch_size, check_tensor
 
 _SCHEMAS = {
     "patchify": "(Tensor imgs, int patch_size) -> Tensor",
@@ -102,31 +103,6 @@ for _backend in ("cuda", "triton"):  # cpu shares cuda's compiled ops
         _register(OPS[_backend])
 
 
-def check_patch_size(patch_size):
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise TypeError(f"patch_size must be a positive int, got {patch_size!r}")
-
-
-def check_images(name, imgs, patch_size):
-    check_tensor(name, imgs, ndim=4)
-    if not imgs.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {imgs.dtype}")
-    H, W = imgs.shape[2:]
-    if H % patch_size or W % patch_size:
-        raise ValueError(f"{name}: image size {H}x{W} must be divisible by patch_size={patch_size} "
-                         f"(got remainders {H % patch_size} and {W % patch_size})")
-
-
-def check_ids_keep(ids_keep, N, L, device):
-    """ids_keep: [N, K] int64 on `device`, values in [0, L) (checked on the data, except while compiling)."""
-    check_tensor("ids_keep", ids_keep, ndim=2, dtypes=(torch.int64,), device=device, shape=(N, None))
-    if ids_keep.numel() and not torch.compiler.is_compiling():
-        lo, hi = int(ids_keep.min()), int(ids_keep.max())
-        if lo < 0 or hi >= L:
-            raise ValueError(f"ids_keep values must be patch indices in [0, {L}) (L = number of patches), "
-                             f"got values in [{lo}, {hi}]")
-
-
 def _image_size(image_size):
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         return image_size, image_size
@@ -154,7 +130,7 @@ def unpatchify(x, patch_size, image_size):
     if not x.is_floating_point():
         raise TypeError(f"x must have a floating-point dtype, got {x.dtype}")
     if H % patch_size or W % patch_size or H < 1 or W < 1:
-        raise ValueError(f"image_size {H}x{W} must be positive and divisible by patch_size={patch_size}")
+        raise ValueError(f"image_size must be positive and divisible by patch_size={patch_size}, got {H}x{W}")
     L, P = (H // patch_size) * (W // patch_size), x.shape[2]
     if x.shape[1] != L or P == 0 or P % (patch_size * patch_size):
         raise ValueError(f"x must have shape [N, {L}, p*p*C] for {H}x{W} images and patch_size={patch_size} "

@@ -14,7 +14,7 @@ from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
 from ._rng import seed_offset
-from ._validate import check_mask_ratio, check_tensor
+from ._validate import check_int, check_mask_ratio, check_tensor
 
 # Longest row the cuda and triton kernels sort (one block / program per row; csrc/cuda/kernels/random_masking.cuh
 # and mae_kernels/triton/random_masking.py hold the same number).
@@ -72,11 +72,19 @@ for _name in ("cuda", "triton"):  # cpu shares cuda's compiled op
     register([BACKWARD_OPS[_name]], _fake_backward)
 
 
-def _validate(x, mask_ratio, noise):
+def _validate(x, mask_ratio, noise, generator):
     check_tensor("x", x, ndim=3)
+    if x.is_complex():
+        raise TypeError(f"x must have a real dtype (floating point, integer or bool), got {x.dtype}")
     check_mask_ratio(mask_ratio)
     if noise is not None:
         check_tensor("noise", noise, ndim=2, dtypes=(torch.float32,), device=x.device, shape=x.shape[:2])
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if noise is None and generator.device.type != x.device.type:
+            raise ValueError(f"generator must be a {x.device.type} generator (the device of the tensors), got one "
+                             f"on {generator.device}")
 
 
 def _run(x, mask_ratio, noise, generator):
@@ -109,7 +117,7 @@ def random_masking(x, mask_ratio, noise=None, generator=None):
     Returns x_masked [N, len_keep, D] (kept rows in ascending noise order), mask [N, L] float32 (1 = removed),
     ids_restore [N, L] int64, with len_keep = int(L * (1 - mask_ratio)). Differentiable with respect to x.
     """
-    _validate(x, mask_ratio, noise)
+    _validate(x, mask_ratio, noise, generator)
     x_masked, mask, ids_restore, _ = _run(x, mask_ratio, noise, generator)
     return x_masked, mask, ids_restore
 
@@ -117,12 +125,11 @@ def random_masking(x, mask_ratio, noise=None, generator=None):
 def random_mask_indices(N, L, mask_ratio, noise=None, generator=None, device=None):
     """(ids_keep [N, K] int64, ids_restore [N, L] int64, mask [N, L] float32) without gathering anything:
     ids_keep feeds masked_patchify / masked_patch_embed."""
-    for name, v in (("N", N), ("L", L)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_int("N", N, minimum=1)
+    check_int("L", L, minimum=1)
     if device is None:
-        device = noise.device if noise is not None else torch.device("cpu")
+        device = noise.device if isinstance(noise, torch.Tensor) else torch.device("cpu")
     x = torch.empty(N, L, 0, device=device)  # D = 0: the same kernel, with nothing to gather
-    _validate(x, mask_ratio, noise)
+    _validate(x, mask_ratio, noise, generator)
     _, mask, ids_restore, ids_keep = _run(x, mask_ratio, noise, generator)
     return ids_keep, ids_restore, mask

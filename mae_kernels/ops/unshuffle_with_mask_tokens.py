@@ -8,14 +8,12 @@ Compiled op mae_kernels::unshuffle_with_mask_tokens (CPU, CUDA) and its Triton t
 Backward op (fused, reads grad_out once): grad_x (a gather, x's dtype), grad_mask_token [1, 1, D] and
 grad_pos_embed [1, c + L, D] in fp32 (two-stage deterministic reductions; grad_pos_embed empty unless asked).
 """
-import os
-
 import torch
 
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import FLOAT_DTYPES, check_tensor
+from ._validate import FLOAT_DTYPES, check_bool, check_permutation_rows, check_tensor
 
 _SCHEMA = ("(Tensor x, Tensor mask_token, Tensor ids_restore, Tensor? pos_embed, bool has_cls, "
            "ScalarType out_dtype) -> Tensor")
@@ -81,24 +79,8 @@ for _backend in ("cuda", "triton"):  # cpu shares cuda's compiled op
     register([BACKWARD_OPS[_backend]], _fake_backward)
 
 
-def debug_enabled():
-    """MAE_KERNELS_DEBUG=1 (read at call time): extra checks that cost a device synchronization."""
-    return os.environ.get("MAE_KERNELS_DEBUG", "0") == "1"
-
-
-def _check_permutation(ids_restore):
-    N, L = ids_restore.shape
-    expected = torch.arange(L, device=ids_restore.device).expand(N, L)
-    bad = (torch.sort(ids_restore, dim=1).values != expected).any(dim=1)
-    if bool(bad.any()):
-        n = int(bad.nonzero()[0, 0])
-        raise ValueError(f"ids_restore must hold a permutation of 0..{L - 1} in every row, got row {n}: "
-                         f"{ids_restore[n].tolist()[:16]}{' ...' if L > 16 else ''}")
-
-
 def _validate(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype):
-    if not isinstance(has_cls, bool):
-        raise TypeError(f"has_cls must be a bool, got {type(has_cls).__name__}")
+    check_bool("has_cls", has_cls)
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
     N, rows, D = x.shape
     check_tensor("ids_restore", ids_restore, ndim=2, dtypes=(torch.int64,), device=x.device, shape=(N, None))
@@ -110,10 +92,9 @@ def _validate(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype):
     check_tensor("mask_token", mask_token, ndim=3, dtypes=FLOAT_DTYPES, device=x.device, shape=(1, 1, D))
     if pos_embed is not None:
         check_tensor("pos_embed", pos_embed, ndim=3, dtypes=FLOAT_DTYPES, device=x.device, shape=(1, c + L, D))
-    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+    if out_dtype is not None and (not isinstance(out_dtype, torch.dtype) or out_dtype not in FLOAT_DTYPES):
         raise TypeError(f"out_dtype must be None or one of {FLOAT_DTYPES}, got {out_dtype!r}")
-    if debug_enabled() and not torch.compiler.is_compiling():
-        _check_permutation(ids_restore)
+    check_permutation_rows("ids_restore", ids_restore)  # MAE_KERNELS_DEBUG=1 only
 
 
 def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed=None, has_cls=True, out_dtype=None):

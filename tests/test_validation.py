@@ -1,0 +1,297 @@
+"""Every public op rejects bad input before any kernel runs, on every backend, with an error that names the
+argument (and says what was expected and what came). Table-driven: for each op a valid call and a list of
+(argument, bad value, exception type, message regex); wrong devices are a "meta" tensor among CPU tensors."""
+import math
+
+import pytest
+import torch
+
+import mae_kernels
+
+CPU_BACKENDS = ["cpu", "triton", "reference"]
+N, C, H, W, P_SIZE, D = 2, 3, 8, 6, 2, 16
+L = (H // P_SIZE) * (W // P_SIZE)  # 12
+P = P_SIZE * P_SIZE * C  # 12
+K = 3
+
+
+def _ids_keep():
+    return torch.stack([torch.randperm(L)[:K] for _ in range(N)])
+
+
+def _ids_shuffle():
+    return torch.stack([torch.randperm(L) for _ in range(N)])
+
+
+def _imgs():
+    return torch.randn(N, C, H, W)
+
+
+def _good(op):
+    """Keyword arguments of a valid call of `op`."""
+    if op == "random_masking":
+        return dict(x=torch.randn(N, 8, 3), mask_ratio=0.5, noise=None, generator=None)
+    if op == "random_mask_indices":
+        return dict(N=N, L=8, mask_ratio=0.5, noise=None, generator=None, device=None)
+    if op == "patchify":
+        return dict(imgs=_imgs(), patch_size=P_SIZE)
+    if op == "unpatchify":
+        return dict(x=torch.randn(N, L, P), patch_size=P_SIZE, image_size=(H, W))
+    if op == "masked_patchify":
+        return dict(imgs=_imgs(), ids_keep=_ids_keep(), patch_size=P_SIZE)
+    if op == "masked_patch_embed":
+        return dict(imgs=_imgs(), ids_keep=_ids_keep(), weight=torch.randn(D, C, P_SIZE, P_SIZE),
+                    bias=torch.randn(D), pos_embed=torch.randn(1, 1 + L, D))
+    if op == "random_masked_patch_embed":
+        return dict(imgs=_imgs(), weight=torch.randn(D, C, P_SIZE, P_SIZE), bias=torch.randn(D),
+                    pos_embed=torch.randn(1, 1 + L, D), mask_ratio=0.75, noise=None, generator=None)
+    if op == "unshuffle_with_mask_tokens":
+        return dict(x=torch.randn(N, 1 + K, D), mask_token=torch.randn(1, 1, D),
+                    ids_restore=torch.argsort(_ids_shuffle(), dim=1), pos_embed=torch.randn(1, 1 + L, D),
+                    has_cls=True, out_dtype=None)
+    if op == "masked_mse_loss":
+        ids_shuffle = _ids_shuffle()
+        mask = torch.ones(N, L).scatter(1, ids_shuffle[:, :K], 0.0)
+        return dict(pred=torch.randn(N, L - K, P), imgs=_imgs(), mask=mask, patch_size=P_SIZE,
+                    norm_pix_loss=True, eps=1e-6, ids_shuffle=ids_shuffle)
+    if op == "patch_stats":
+        return dict(imgs=_imgs(), patch_size=P_SIZE, eps=1e-6)
+    if op == "denormalize_pred":
+        return dict(pred=torch.randn(N, L, P), imgs=_imgs(), patch_size=P_SIZE, eps=1e-6)
+    raise AssertionError(op)
+
+
+META = "meta"
+
+
+def meta(t):
+    return t.to(META)
+
+
+# (op, argument, bad value: a function of the valid arguments, exception, regex). The regex starts with the
+# argument's name (or says which argument) and, where the message gives them, the expected and received value.
+CASES = [
+    # random_masking
+    ("random_masking", "x", lambda a: [1.0, 2.0], TypeError, r"x must be a torch.Tensor, got list"),
+    ("random_masking", "x", lambda a: a["x"][0], ValueError, r"x must have 3 dimensions, got 2"),
+    ("random_masking", "x", lambda a: a["x"].to(torch.complex64), TypeError, r"x must have a real dtype.*complex64"),
+    ("random_masking", "mask_ratio", lambda a: 1.0, ValueError, r"mask_ratio must be in \[0, 1\), got 1.0"),
+    ("random_masking", "mask_ratio", lambda a: -0.1, ValueError, r"mask_ratio must be in \[0, 1\), got -0.1"),
+    ("random_masking", "mask_ratio", lambda a: math.nan, ValueError, r"mask_ratio must be in \[0, 1\), got nan"),
+    ("random_masking", "mask_ratio", lambda a: True, TypeError, r"mask_ratio must be a Python float.*bool"),
+    ("random_masking", "mask_ratio", lambda a: "0.5", TypeError, r"mask_ratio must be a Python float.*str"),
+    ("random_masking", "mask_ratio", lambda a: torch.tensor(0.5), TypeError, r"mask_ratio must be a Python float"),
+    ("random_masking", "noise", lambda a: torch.rand(2, 7), ValueError, r"noise must have shape \[2, 8\], got"),
+    ("random_masking", "noise", lambda a: torch.rand(2, 8, 1), ValueError, r"noise must have 2 dimensions, got 3"),
+    ("random_masking", "noise", lambda a: torch.rand(2, 8).double(), TypeError,
+     r"noise must have dtype torch.float32, got torch.float64"),
+    ("random_masking", "noise", lambda a: torch.rand(2, 8, device=META), ValueError,
+     r"noise must be on cpu .*got meta"),
+    ("random_masking", "noise", lambda a: [[0.5] * 8] * 2, TypeError, r"noise must be a torch.Tensor, got list"),
+    ("random_masking", "generator", lambda a: 0, TypeError, r"generator must be a torch.Generator or None, got int"),
+    # random_mask_indices
+    ("random_mask_indices", "N", lambda a: 0, ValueError, r"N must be a positive int, got 0"),
+    ("random_mask_indices", "N", lambda a: 2.0, TypeError, r"N must be an int, got float"),
+    ("random_mask_indices", "N", lambda a: True, TypeError, r"N must be an int, got bool"),
+    ("random_mask_indices", "L", lambda a: -1, ValueError, r"L must be a positive int, got -1"),
+    ("random_mask_indices", "L", lambda a: "8", TypeError, r"L must be an int, got str"),
+    ("random_mask_indices", "mask_ratio", lambda a: 1.5, ValueError, r"mask_ratio must be in \[0, 1\), got 1.5"),
+    ("random_mask_indices", "noise", lambda a: torch.rand(2, 9), ValueError, r"noise must have shape \[2, 8\]"),
+    ("random_mask_indices", "noise", lambda a: torch.rand(2, 8, dtype=torch.float16), TypeError,
+     r"noise must have dtype torch.float32, got torch.float16"),
+    ("random_mask_indices", "noise", lambda a: dict(noise=torch.rand(2, 8, device=META), device="cpu"),
+     ValueError, r"noise must be on cpu .*got meta"),  # a dict: several arguments changed
+    # patchify
+    ("patchify", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions, got 3"),
+    ("patchify", "imgs", lambda a: a["imgs"].long(), TypeError, r"imgs must have a floating-point dtype, got torch.int64"),
+    ("patchify", "imgs", lambda a: a["imgs"].tolist(), TypeError, r"imgs must be a torch.Tensor, got list"),
+    ("patchify", "patch_size", lambda a: 4, ValueError, r"imgs: image size 8x6 must be divisible by patch_size=4"),
+    ("patchify", "patch_size", lambda a: 0, ValueError, r"patch_size must be a positive int, got 0"),
+    ("patchify", "patch_size", lambda a: 2.0, TypeError, r"patch_size must be an int, got float"),
+    ("patchify", "patch_size", lambda a: True, TypeError, r"patch_size must be an int, got bool"),
+    # unpatchify
+    ("unpatchify", "x", lambda a: a["x"][0], ValueError, r"x must have 3 dimensions, got 2"),
+    ("unpatchify", "x", lambda a: a["x"].long(), TypeError, r"x must have a floating-point dtype, got torch.int64"),
+    ("unpatchify", "x", lambda a: torch.randn(2, 11, 12), ValueError, r"x must have shape \[N, 12, p\*p\*C\].*\(2, 11, 12\)"),
+    ("unpatchify", "x", lambda a: torch.randn(2, 12, 10), ValueError, r"x must have shape \[N, 12, p\*p\*C\].*\(2, 12, 10\)"),
+    ("unpatchify", "image_size", lambda a: (7, 6), ValueError,
+     r"image_size must be positive and divisible by patch_size=2, got 7x6"),
+    ("unpatchify", "image_size", lambda a: (-2, 6), ValueError, r"image_size must be positive.*got -2x6"),
+    ("unpatchify", "image_size", lambda a: (8, 6, 1), TypeError, r"image_size must be an int or a pair of ints"),
+    ("unpatchify", "image_size", lambda a: (8.0, 6), TypeError, r"image_size must be an int or a pair of ints"),
+    ("unpatchify", "patch_size", lambda a: "2", TypeError, r"patch_size must be an int, got str"),
+    # masked_patchify
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"].int(), TypeError,
+     r"ids_keep must have dtype torch.int64, got torch.int32"),
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"].float(), TypeError, r"ids_keep must have dtype torch.int64"),
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"][:1], ValueError, r"ids_keep must have shape \[2, \*\], got \(1, 3\)"),
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"][0], ValueError, r"ids_keep must have 2 dimensions, got 1"),
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"].clamp(max=10).index_fill(1, torch.tensor([1]), 12),
+     ValueError, r"ids_keep values must be patch indices in \[0, 12\).*got values in \[\d+, 12\]"),
+    ("masked_patchify", "ids_keep", lambda a: a["ids_keep"].clamp(min=1).index_fill(1, torch.tensor([0]), -1),
+     ValueError, r"ids_keep values must be patch indices in \[0, 12\).*got values in \[-1, \d+\]"),
+    ("masked_patchify", "ids_keep", lambda a: meta(a["ids_keep"]), ValueError, r"ids_keep must be on cpu .*got meta"),
+    ("masked_patchify", "imgs", lambda a: meta(a["imgs"]), ValueError, r"ids_keep must be on meta .*got cpu"),
+    ("masked_patchify", "imgs", lambda a: a["imgs"][:, :, :7], ValueError, r"imgs: image size 7x6 must be divisible"),
+    ("masked_patchify", "patch_size", lambda a: -2, ValueError, r"patch_size must be a positive int, got -2"),
+    # masked_patch_embed
+    ("masked_patch_embed", "weight", lambda a: torch.randn(D, C, 2, 3), ValueError,
+     r"weight must be a Conv2d patch embedding weight \[D, C, p, p\].*got \(16, 3, 2, 3\)"),
+    ("masked_patch_embed", "weight", lambda a: torch.randn(0, C, 2, 2), ValueError,
+     r"weight must be a Conv2d patch embedding weight.*got \(0, 3, 2, 2\)"),
+    ("masked_patch_embed", "weight", lambda a: torch.randn(D, C, 2), ValueError, r"weight must have 4 dimensions, got 3"),
+    ("masked_patch_embed", "weight", lambda a: torch.randn(D, 4, 2, 2), ValueError,
+     r"imgs must have shape \[\*, 4\], got \(2, 3, 8, 6\)"),
+    ("masked_patch_embed", "weight", lambda a: a["weight"].double(), TypeError,
+     r"weight must have dtype torch.float32 or torch.float16 or torch.bfloat16, got torch.float64"),
+    ("masked_patch_embed", "weight", lambda a: meta(a["weight"]), ValueError, r"weight must be on cpu .*got meta"),
+    ("masked_patch_embed", "imgs", lambda a: a["imgs"].half(), TypeError,
+     r"imgs must have dtype torch.float32, got torch.float16"),
+    ("masked_patch_embed", "imgs", lambda a: a["imgs"][:, :, :7], ValueError, r"imgs: image size 7x6 must be divisible by patch_size=2"),
+    ("masked_patch_embed", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions, got 3"),
+    ("masked_patch_embed", "bias", lambda a: a["bias"][:5], ValueError, r"bias must have shape \[16\], got \(5,\)"),
+    ("masked_patch_embed", "bias", lambda a: a["bias"].half(), TypeError, r"bias must have dtype torch.float32, got torch.float16"),
+    ("masked_patch_embed", "bias", lambda a: meta(a["bias"]), ValueError, r"bias must be on cpu .*got meta"),
+    ("masked_patch_embed", "bias", lambda a: a["bias"][None], ValueError, r"bias must have 1 dimensions, got 2"),
+    ("masked_patch_embed", "pos_embed", lambda a: a["pos_embed"][:, 1:], ValueError,
+     r"pos_embed must have shape \[1, 13, 16\], got \(1, 12, 16\)"),
+    ("masked_patch_embed", "pos_embed", lambda a: a["pos_embed"].long(), TypeError, r"pos_embed must have dtype"),
+    ("masked_patch_embed", "pos_embed", lambda a: meta(a["pos_embed"]), ValueError, r"pos_embed must be on cpu .*got meta"),
+    ("masked_patch_embed", "pos_embed", lambda a: a["pos_embed"][0], ValueError, r"pos_embed must have 3 dimensions, got 2"),
+    ("masked_patch_embed", "ids_keep", lambda a: a["ids_keep"] + 12, ValueError,
+     r"ids_keep values must be patch indices in \[0, 12\)"),
+    ("masked_patch_embed", "ids_keep", lambda a: a["ids_keep"].int(), TypeError, r"ids_keep must have dtype torch.int64"),
+    ("masked_patch_embed", "ids_keep", lambda a: meta(a["ids_keep"]), ValueError, r"ids_keep must be on cpu .*got meta"),
+    # random_masked_patch_embed
+    ("random_masked_patch_embed", "weight", lambda a: torch.randn(D, C, 0, 0), ValueError,
+     r"weight must be a Conv2d patch embedding weight.*got \(16, 3, 0, 0\)"),
+    ("random_masked_patch_embed", "weight", lambda a: torch.randn(D, C, 2, 3), ValueError,
+     r"weight must be a Conv2d patch embedding weight"),
+    ("random_masked_patch_embed", "weight", lambda a: meta(a["weight"]), ValueError, r"weight must be on cpu .*got meta"),
+    ("random_masked_patch_embed", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions, got 3"),
+    ("random_masked_patch_embed", "imgs", lambda a: a["imgs"][..., :5], ValueError, r"imgs: image size 8x5 must be divisible"),
+    ("random_masked_patch_embed", "mask_ratio", lambda a: "0.75", TypeError, r"mask_ratio must be a Python float"),
+    ("random_masked_patch_embed", "mask_ratio", lambda a: 1.0, ValueError, r"mask_ratio must be in \[0, 1\), got 1.0"),
+    ("random_masked_patch_embed", "mask_ratio", lambda a: math.nan, ValueError, r"mask_ratio must be in \[0, 1\), got nan"),
+    ("random_masked_patch_embed", "noise", lambda a: torch.rand(N, L - 1), ValueError, r"noise must have shape \[2, 12\]"),
+    ("random_masked_patch_embed", "noise", lambda a: torch.rand(N, L, device=META), ValueError, r"noise must be on cpu"),
+    ("random_masked_patch_embed", "bias", lambda a: a["bias"][:3], ValueError, r"bias must have shape \[16\]"),
+    ("random_masked_patch_embed", "pos_embed", lambda a: a["pos_embed"][:, :5], ValueError, r"pos_embed must have shape \[1, 13, 16\]"),
+    # unshuffle_with_mask_tokens
+    ("unshuffle_with_mask_tokens", "has_cls", lambda a: 1, TypeError, r"has_cls must be a bool, got int"),
+    ("unshuffle_with_mask_tokens", "out_dtype", lambda a: torch.int32, TypeError, r"out_dtype must be None or one of .*torch.int32"),
+    ("unshuffle_with_mask_tokens", "out_dtype", lambda a: "float32", TypeError, r"out_dtype must be None or one of .*'float32'"),
+    ("unshuffle_with_mask_tokens", "x", lambda a: a["x"].double(), TypeError, r"x must have dtype .*got torch.float64"),
+    ("unshuffle_with_mask_tokens", "x", lambda a: torch.randn(N, 1 + L + 1, D), ValueError,
+     r"x must have between 1 and 13 rows .*got shape \(2, 14, 16\)"),
+    ("unshuffle_with_mask_tokens", "x", lambda a: a["x"][0], ValueError, r"x must have 3 dimensions, got 2"),
+    ("unshuffle_with_mask_tokens", "ids_restore", lambda a: a["ids_restore"].int(), TypeError,
+     r"ids_restore must have dtype torch.int64, got torch.int32"),
+    ("unshuffle_with_mask_tokens", "ids_restore", lambda a: a["ids_restore"][:1], ValueError, r"ids_restore must have shape \[2, \*\]"),
+    ("unshuffle_with_mask_tokens", "ids_restore", lambda a: meta(a["ids_restore"]), ValueError, r"ids_restore must be on cpu .*got meta"),
+    ("unshuffle_with_mask_tokens", "mask_token", lambda a: torch.randn(1, 1, D + 1), ValueError,
+     r"mask_token must have shape \[1, 1, 16\], got \(1, 1, 17\)"),
+    ("unshuffle_with_mask_tokens", "mask_token", lambda a: a["mask_token"].long(), TypeError, r"mask_token must have dtype"),
+    ("unshuffle_with_mask_tokens", "mask_token", lambda a: meta(a["mask_token"]), ValueError, r"mask_token must be on cpu"),
+    ("unshuffle_with_mask_tokens", "pos_embed", lambda a: a["pos_embed"][:, 1:], ValueError, r"pos_embed must have shape \[1, 13, 16\]"),
+    ("unshuffle_with_mask_tokens", "pos_embed", lambda a: meta(a["pos_embed"]), ValueError, r"pos_embed must be on cpu"),
+    # masked_mse_loss
+    ("masked_mse_loss", "pred", lambda a: a["pred"][..., :-1], ValueError, r"pred must have shape \[N=2, L=12 .*P=patch_size\*patch_size\*C=12\], got \(2, 9, 11\)"),
+    ("masked_mse_loss", "pred", lambda a: torch.randn(N, L + 1, P), ValueError, r"pred must have at most L=12 rows with ids_shuffle, got 13"),
+    ("masked_mse_loss", "pred", lambda a: a["pred"].double(), TypeError, r"pred must have dtype .*got torch.float64"),
+    ("masked_mse_loss", "pred", lambda a: meta(a["pred"]), ValueError, r"pred must be on cpu .*got meta"),
+    ("masked_mse_loss", "pred", lambda a: a["pred"].tolist(), TypeError, r"pred must be a torch.Tensor"),
+    ("masked_mse_loss", "imgs", lambda a: a["imgs"].long(), TypeError, r"imgs must have dtype .*got torch.int64"),
+    ("masked_mse_loss", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions, got 3"),
+    ("masked_mse_loss", "mask", lambda a: a["mask"][:, :-1], ValueError, r"mask must have shape \[2, 12\], got \(2, 11\)"),
+    ("masked_mse_loss", "mask", lambda a: a["mask"].long(), TypeError, r"mask must have dtype .*got torch.int64"),
+    ("masked_mse_loss", "mask", lambda a: meta(a["mask"]), ValueError, r"mask must be on cpu .*got meta"),
+    ("masked_mse_loss", "patch_size", lambda a: 0, ValueError, r"patch_size must be a positive int, got 0"),
+    ("masked_mse_loss", "patch_size", lambda a: 4, ValueError, r"imgs: image size 8x6 must be divisible by patch_size=4"),
+    ("masked_mse_loss", "patch_size", lambda a: 2.0, TypeError, r"patch_size must be an int, got float"),
+    ("masked_mse_loss", "norm_pix_loss", lambda a: 1, TypeError, r"norm_pix_loss must be a bool, got int"),
+    ("masked_mse_loss", "eps", lambda a: -1.0, ValueError, r"eps must be a non-negative float, got -1.0"),
+    ("masked_mse_loss", "eps", lambda a: math.nan, ValueError, r"eps must be a non-negative float, got nan"),
+    ("masked_mse_loss", "eps", lambda a: "1e-6", TypeError, r"eps must be a non-negative float, got str"),
+    ("masked_mse_loss", "ids_shuffle", lambda a: a["ids_shuffle"].int(), TypeError, r"ids_shuffle must have dtype torch.int64"),
+    ("masked_mse_loss", "ids_shuffle", lambda a: a["ids_shuffle"][:1], ValueError, r"ids_shuffle must have shape \[2, 12\]"),
+    ("masked_mse_loss", "ids_shuffle", lambda a: meta(a["ids_shuffle"]), ValueError, r"ids_shuffle must be on cpu .*got meta"),
+    ("masked_mse_loss", "ids_shuffle", lambda a: a["ids_shuffle"] + L, ValueError,
+     r"ids_shuffle values must be patch indices in \[0, 12\).*got values in \[\d+, \d+\]"),
+    ("masked_mse_loss", "ids_shuffle", lambda a: None, ValueError, r"pred must have L=12 rows .*when ids_shuffle is None, got 9"),
+    # patch_stats, denormalize_pred
+    ("patch_stats", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions"),
+    ("patch_stats", "imgs", lambda a: a["imgs"].long(), TypeError, r"imgs must have dtype"),
+    ("patch_stats", "patch_size", lambda a: 5, ValueError, r"imgs: image size 8x6 must be divisible by patch_size=5"),
+    ("patch_stats", "eps", lambda a: -1e-6, ValueError, r"eps must be a non-negative float"),
+    ("denormalize_pred", "pred", lambda a: a["pred"][:, :1], ValueError, r"pred must have shape \[2, 12, 12\], got \(2, 1, 12\)"),
+    ("denormalize_pred", "pred", lambda a: a["pred"].double(), TypeError, r"pred must have dtype"),
+    ("denormalize_pred", "pred", lambda a: meta(a["pred"]), ValueError, r"pred must be on cpu .*got meta"),
+    ("denormalize_pred", "patch_size", lambda a: 0, ValueError, r"patch_size must be a positive int"),
+]
+
+
+def _call(op, args):
+    return getattr(mae_kernels, op)(**args)
+
+
+def _case_id(case):
+    op, arg, _, exc, regex = case
+    return f"{op}-{arg}-{exc.__name__}-{regex[:30]}"
+
+
+PUBLIC_OPS = sorted({c[0] for c in CASES})
+
+
+def test_every_public_op_has_cases():
+    ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend"}
+    assert ops == set(PUBLIC_OPS), ops ^ set(PUBLIC_OPS)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", PUBLIC_OPS)
+def test_valid_baseline_runs(op, backend):
+    """The unmodified arguments of the table are valid: every failure below comes from its one bad value."""
+    with mae_kernels.use_backend(backend):
+        _call(op, _good(op))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_raises_naming_the_argument(case, backend):
+    op, arg, bad, exc, regex = case
+    args = _good(op)
+    value = bad(args)
+    if isinstance(value, dict):
+        args.update(value)
+    else:
+        args[arg] = value
+    with mae_kernels.use_backend(backend), pytest.raises(exc, match=regex):
+        _call(op, args)
+
+
+def test_meta_tensors_alone_are_checked_without_reading_data():
+    """All-meta inputs reach the reference backend (shapes only): the range checks must not read values."""
+    args = {k: meta(v) if isinstance(v, torch.Tensor) else v for k, v in _good("masked_patchify").items()}
+    assert mae_kernels.masked_patchify(**args).shape == (N, K, P)
+    args = {k: meta(v) if isinstance(v, torch.Tensor) else v for k, v in _good("masked_mse_loss").items()}
+    assert mae_kernels.masked_mse_loss(**args).shape == ()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_validation_happens_before_any_backend_is_chosen(case, monkeypatch):
+    """No backend (hence no kernel) is reached with bad input: every op module's `select` fails if called."""
+    from mae_kernels.ops import masked_mse_loss, masked_patch_embed, masked_patchify, random_masking
+    from mae_kernels.ops import unshuffle_with_mask_tokens
+
+    def select(op, device_type, *args):
+        raise AssertionError(f"{op}: a backend was chosen before the input was validated")
+
+    for module in (masked_mse_loss, masked_patch_embed, masked_patchify, random_masking, unshuffle_with_mask_tokens):
+        monkeypatch.setattr(module, "select", select)
+    op, arg, bad, exc, regex = case
+    args = _good(op)
+    value = bad(args)
+    args.update(value if isinstance(value, dict) else {arg: value})
+    with pytest.raises(exc, match=regex):
+        _call(op, args)
