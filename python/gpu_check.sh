@@ -133,7 +133,8 @@ SLUG=$(timeout 60 "$PY" -c "from mae_kernels.benchmark.environment import device
 # Several pytest processes at once (python/run_tests_parallel.py; pytest-xdist may be missing): the Triton JIT
 # compilations of the GPU tests, single-threaded per process, are spread over the CPUs.
 WORKERS=${GPU_CHECK_WORKERS:-8}
-PYTEST=("$PY" python/run_tests_parallel.py --workers "$WORKERS")
+# Tests marked large (GiB-sized tensors, 64-bit offsets) run one at a time in one more process.
+PYTEST=("$PY" python/run_tests_parallel.py --workers "$WORKERS" --serial large)
 TRITON_INTERPRET=0 step tests-gpu 210 "${PYTEST[@]}" --junitxml="$RESULTS/tests_gpu.xml" -- tests -m gpu
 # Benchmarks without the torch.compile provider: its compilations (one per op, shape and mode) alone would take
 # minutes. `mae-kernels bench --providers reference,compile,triton,cuda` measures it when there is time.

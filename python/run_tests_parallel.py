@@ -5,7 +5,7 @@ each chunk's output when it ends, merge the junit XMLs into one, and exit non-ze
 On SIGINT/SIGTERM the chunks get SIGINT (pytest then still writes its summary and XML) and the merge still
 happens, so a step cut short by its time limit reports what ran.
 
-    python python/run_tests_parallel.py --workers 8 --junitxml out.xml -- tests -m gpu
+    python python/run_tests_parallel.py --workers 8 --serial large --junitxml out.xml -- tests -m gpu
 """
 import argparse
 import os
@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 NO_TESTS = 5  # pytest's exit code when nothing was selected
 
@@ -64,13 +65,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--junitxml", required=True)
+    parser.add_argument("--serial", metavar="MARKER",
+                        help="tests with this marker (e.g. large: many GiB each) run one after the other in one "
+                             "extra process, next to the others")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: paths and selection (-m, -k)")
     args = parser.parse_args()
     pytest_args = [a for a in args.pytest_args if a != "--"]
     py = sys.executable
     start = time.time()
 
-    ids, proc = collect(py, pytest_args)
+    with ThreadPoolExecutor(2) as pool:  # both collections at once
+        main_collect = pool.submit(collect, py, pytest_args)
+        # A second -m replaces the first: intersected with the main selection below.
+        serial_collect = pool.submit(collect, py, pytest_args + ["-m", args.serial]) if args.serial else None
+    ids, proc = main_collect.result()
     errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
     if proc.returncode not in (0, NO_TESTS) or errors:
         print(proc.stdout[-20000:], proc.stderr[-5000:], flush=True)
@@ -80,9 +88,17 @@ def main():
         return 0 if proc.returncode in (0, NO_TESTS) else 1
     # Selection options stay (-m, -k, ...); paths are replaced by the ids.
     options = [a for a in pytest_args if not os.path.exists(a.split("::")[0])]
-    parts = chunks(ids, args.workers)
-    print(f"run_tests_parallel: {len(ids)} tests in {len(parts)} processes (collected in "
-          f"{time.time() - start:.0f}s)", flush=True)
+    serial = []
+    if args.serial:
+        serial_ids = set(serial_collect.result()[0])
+        serial = [i for i in ids if i in serial_ids]
+        ids = [i for i in ids if i not in serial_ids]
+    parts = chunks(ids, args.workers) if ids else []
+    if serial:
+        parts.append(serial)
+    print(f"run_tests_parallel: {len(ids) + len(serial)} tests in {len(parts)} processes"
+          + (f" ({len(serial)} marked {args.serial} in the last one)" if serial else "")
+          + f" (collected in {time.time() - start:.0f}s)", flush=True)
 
     env = dict(os.environ)
     # CPU kernels use every core per process by default: share the cores between the processes instead.
