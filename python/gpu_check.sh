@@ -128,7 +128,8 @@ env_report > "$INFO" 2>&1
 step build 240 build || echo "build failed: the tests below run without the compiled extension" | tee -a "$LOG"
 step info 60 "$PY" -m mae_kernels info
 { echo; echo "--- python -m mae_kernels info"; timeout 60 "$PY" -m mae_kernels info; } >> "$INFO" 2>&1
-SLUG=$(timeout 60 "$PY" -c "from mae_kernels.benchmark.environment import device_slug, default_device as d; print(device_slug(d()))" 2>/dev/null | tail -n 1)
+SLUG=$(timeout 60 "$PY" -c "from mae_kernels.benchmark.environment import device_slug, default_device as d
+print(device_slug(d()))" 2>/dev/null | tail -n 1)
 
 # Several pytest processes at once (python/run_tests_parallel.py; pytest-xdist may be missing): the Triton JIT
 # compilations of the GPU tests, single-threaded per process, are spread over the CPUs.

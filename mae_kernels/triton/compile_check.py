@@ -196,7 +196,8 @@ def scenarios():
             imgs = _m(256, 3, 224, 224, dtype=dtype)
             ids = _m(256, K, dtype=torch.int64)
             L = (224 // p) ** 2
-            out.append((f"masked_patchify gather {dtype} p={p}", lambda imgs=imgs, ids=ids, p=p: pf.gather(imgs, ids, p)))
+            out.append((f"masked_patchify gather {dtype} p={p}",
+                        lambda imgs=imgs, ids=ids, p=p: pf.gather(imgs, ids, p)))
             out.append((f"patchify gather {dtype} p={p}", lambda imgs=imgs, p=p: pf.gather(imgs, None, p)))
             out.append((f"masked_patchify scatter {dtype} p={p}",
                         lambda dtype=dtype, ids=ids, K=K, p=p: pf.scatter(_m(256, K, p * p * 3, dtype=dtype), ids,
@@ -275,9 +276,9 @@ def _edge_scenarios(rm, pf, pe, un, mse):
         out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None, 4, 8,
                                                                              12)))
         out.append((f"edge masked_patch_embed {dtype}",
-                    lambda imgs=imgs, dtype=dtype: pe.masked_patch_embed(imgs, _m(2, 3, dtype=torch.int64),
-                                                                         _m(8, 3, 4, 4, dtype=dtype), _m(8, dtype=dtype),
-                                                                         _m(1, 7, 8))))
+                    lambda imgs=imgs, dtype=dtype: pe.masked_patch_embed(
+                        imgs, _m(2, 3, dtype=torch.int64), _m(8, 3, 4, 4, dtype=dtype), _m(8, dtype=dtype),
+                        _m(1, 7, 8))))
         for K, c in ((3, 1), (0, 0)):
             out.append((f"edge unshuffle forward {dtype} K={K} cls={c}",
                         lambda dtype=dtype, K=K, c=c: un.unshuffle_with_mask_tokens_forward(
