@@ -19,8 +19,9 @@ from mae_kernels import data as mdata
 from mae_kernels import pretrain
 from mae_kernels.models import MaskedAutoencoderViT, mae_vit_tiny
 
-FAST = ["--input-size", "32", "--batch-size", "4", "--samples-per-epoch", "8", "--num-workers", "0",
-        "--no-progress", "--epochs", "3"]
+# --device cpu: these are the CPU tests (exact resume) even on a GPU machine; the GPU test appends --device cuda.
+FAST = ["--device", "cpu", "--input-size", "32", "--batch-size", "4", "--samples-per-epoch", "8",
+        "--num-workers", "0", "--no-progress", "--epochs", "3"]
 
 
 def run(tmp_path, *extra, name="run"):
