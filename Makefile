@@ -8,7 +8,7 @@ DEPS    := transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pyt
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 
-.PHONY: venv install build test demo bench bench-compare gpu-check clean
+.PHONY: venv install build test demo bench bench-compare gpu-check gpu-compare clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -45,6 +45,13 @@ bench-compare: install
 # On a GPU machine with torch, triton and nvcc but no package index (uses the system python).
 gpu-check:
 	bash python/gpu_check.sh "$(GPU_RESULTS_DIR)"
+
+# Second GPU call: every op against torch.compile of the reference too (its compilations take minutes).
+gpu-compare:
+	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 python3 setup.py -q build_ext --inplace
+	TRITON_INTERPRET=0 timeout -s INT 560 python3 -m mae_kernels bench --providers reference,compile,triton,cuda \
+	  --modes forward,full --out bench/results/compare --note "make gpu-compare"; rc=$$?; \
+	  if [ -n "$(GPU_RESULTS_DIR)" ]; then mkdir -p "$(GPU_RESULTS_DIR)" && cp bench/results/compare/* "$(GPU_RESULTS_DIR)/"; fi; exit $$rc
 
 clean:
 	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV)

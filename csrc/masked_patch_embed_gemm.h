@@ -15,8 +15,12 @@ inline at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tens
   static auto masked_patchify = c10::Dispatcher::singleton()
                                     .findSchemaOrThrow("mae_kernels::masked_patchify", "")
                                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
+  TORCH_CHECK(imgs.dim() == 4 && ids_keep.dim() == 2 && weight.dim() == 4 && weight.size(0) > 0 &&
+                  weight.size(2) == weight.size(3) && weight.size(3) > 0,
+              "mae_kernels::masked_patch_embed: expected imgs [N, C, H, W], ids_keep [N, K] and a non-empty Conv2d "
+              "weight [D, C, p, p], got ", imgs.sizes(), ", ", ids_keep.sizes(), ", ", weight.sizes());
   const int64_t N = ids_keep.size(0), K = ids_keep.size(1), D = weight.size(0), p = weight.size(3);
-  const int64_t P = weight.numel() / D;
+  const int64_t P = weight.numel() / D;  // D > 0 checked: an integer division by zero would kill the process
   const at::Tensor patches = masked_patchify.call(imgs, ids_keep, p).view({N * K, P});
   const at::Tensor w = weight.permute({0, 2, 3, 1}).reshape({D, P});  // (c, p_row, p_col) -> (p_row, p_col, c)
   at::Tensor out = at::addmm(bias, patches, w.t()).view({N, K, D});

@@ -61,6 +61,16 @@ def test_triton_needs_interpreter_on_cpu(monkeypatch):
     assert "TRITON_INTERPRET=1" in backends.why_not("triton", "cpu")
 
 
+def test_triton_op_on_cpu_tensors_without_interpreter_says_why(monkeypatch):
+    """Calling a Triton op directly (as opcheck does) on CPU tensors with compiled Triton: the reason, not an
+    error from inside the launcher (tests/conftest.py turns it into a skip in the GPU run)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(mae_kernels.BackendUnavailable, match="patchify_triton on CPU tensors: CPU tensors need the "
+                                                              "Triton interpreter"):
+        torch.ops.mae_kernels.patchify_triton(torch.zeros(1, 3, 4, 4), 2)
+
+
 def test_op_without_backend_reports_each_reason():
     with pytest.raises(mae_kernels.BackendUnavailable, match="cpu: this op has no such backend"):
         backends.select("op", "cpu", implemented=("cuda",))

@@ -7,21 +7,28 @@ import math
 import os
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+# The demo's own dependencies (pip install -e .[demo]); a GPU machine with torch only skips these tests.
+np = pytest.importorskip("numpy", reason="numpy is not installed")
+Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 
 from mae_kernels import cli
 from mae_kernels import data as mdata
 from mae_kernels import pretrain
 from mae_kernels.models import MaskedAutoencoderViT, mae_vit_tiny
 
-FAST = ["--input-size", "32", "--batch-size", "4", "--samples-per-epoch", "8", "--num-workers", "0",
-        "--no-progress", "--epochs", "3"]
+# --device cpu: these are the CPU tests (exact resume) even on a GPU machine; the GPU test appends --device cuda.
+FAST = ["--device", "cpu", "--input-size", "32", "--batch-size", "4", "--samples-per-epoch", "8",
+        "--num-workers", "0", "--no-progress", "--epochs", "3"]
 
 
 def run(tmp_path, *extra, name="run"):
+    if "--data" not in extra:
+        pytest.importorskip("skimage", reason="scikit-image (the sample photographs) is not installed")
+    if "--no-figures" not in extra:
+        pytest.importorskip("matplotlib", reason="matplotlib (the figures) is not installed")
     out = str(tmp_path / name)
     rc = pretrain.main(FAST + ["--output-dir", out] + list(extra))
     return rc, out
@@ -170,6 +177,7 @@ def test_train_transform_and_images():
 
 
 def test_skimage_samples():
+    pytest.importorskip("skimage", reason="scikit-image (the sample photographs) is not installed")
     imgs = mdata.skimage_samples()
     assert len(imgs) >= 4
     assert all(t.shape[0] == 3 and t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1 for t in imgs)

@@ -22,7 +22,9 @@ GPU_BACKENDS = [pytest.param("cuda", "cuda", marks=pytest.mark.gpu), pytest.para
 
 def _reference(x, ratio, noise):
     keep = reference.len_keep(x.shape[1], ratio)
-    ids_shuffle = torch.argsort(noise, dim=1, stable=True)
+    # Sorted on the CPU: torch's CUDA sort of rows longer than 4096 is a radix sort on the raw bits (-0.0 before
+    # +0.0, NaNs with the sign bit first), not the comparison order of the spec (-0.0 == +0.0, every NaN last).
+    ids_shuffle = torch.argsort(noise.cpu(), dim=1, stable=True).to(noise.device)
     ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
     ids_keep = ids_shuffle[:, :keep]
     x_masked = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2]))
@@ -95,6 +97,10 @@ def _tied_noise(N, L, device, nan=True):
         noise[0, 6] = -0.0                        # ties with +0.0: the lower index (5) first
         noise[-1, 7] = float("-inf")
         noise[-1, 8] = float("inf")
+    if L > 12:  # denormals: a flush-to-zero compare would tie 1e-40 with 0.0 (index 10 before 12)
+        noise[-1, 10] = 1e-40
+        noise[-1, 11] = -1e-40
+        noise[-1, 12] = 0.0
     if not nan:
         noise = torch.nan_to_num(noise, nan=0.25)
     return noise

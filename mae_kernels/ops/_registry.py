@@ -3,6 +3,7 @@ suffixed _triton, runnable on CUDA and, through the Triton interpreter, on CPU),
 import torch
 
 from .. import _ext
+from ..backends import BackendUnavailable, triton_problem
 
 LIB = torch.library.Library("mae_kernels", "FRAGMENT")
 
@@ -11,7 +12,14 @@ def define_triton_op(name, schema, impl):
     """Define mae_kernels::<name>_triton(<schema>) implemented by `impl` on CPU and CUDA; returns the op."""
     qualname = f"{name}_triton"
     LIB.define(qualname + schema)
-    LIB.impl(qualname, impl, "CPU")
+    def cpu_impl(*args, **kwargs):
+        # Compiled Triton cannot touch CPU tensors: say why instead of failing inside the launcher.
+        reason = triton_problem("cpu")
+        if reason is not None:
+            raise BackendUnavailable(f"mae_kernels::{qualname} on CPU tensors: {reason}")
+        return impl(*args, **kwargs)
+
+    LIB.impl(qualname, cpu_impl, "CPU")
     LIB.impl(qualname, _on_input_device(impl), "CUDA")
     return getattr(torch.ops.mae_kernels, qualname).default
 

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 MAX_L = 8192  # longest row the per-program sort handles (validated in ops/random_masking.py)
-_INT64_MAX = 9223372036854775807
+_INT64_MAX = tl.constexpr(9223372036854775807)  # a compiled kernel reads only constexpr globals
 
 
 @triton.jit
@@ -46,10 +46,12 @@ def _random_masking_fwd_kernel(
         v = tl.load(noise_ptr + n * snn + l * snl, mask=valid, other=0.0)
     else:
         v = _uniform(seed, offset + n * L + l)
+    # Zero and NaN from the bits: compiled float compares flush denormals to zero (denormal v == 0.0).
     bits = v.to(tl.int32, bitcast=True)
-    bits = tl.where(v == 0.0, 0, bits)            # -0.0 == +0.0: a tie, broken by index
-    bits = tl.where(v != v, 0x7FFFFFFF, bits)     # NaN after everything (+inf included)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse the magnitude order
+    magnitude = bits & 0x7FFFFFFF
+    bits = tl.where(magnitude == 0, 0, bits)                   # -0.0 == +0.0: a tie, broken by index
+    bits = tl.where(magnitude > 0x7F800000, 0x7FFFFFFF, bits)  # NaN after everything (+inf included)
+    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)         # negative floats: reverse the magnitude order
     key = (bits.to(tl.int64) << 32) | l
     key = tl.where(valid, key, _INT64_MAX)        # padding sorts last
     key = tl.sort(key)
@@ -113,7 +115,9 @@ def _tile(rows, D):
 
 
 def _warps(block_l):
-    return 8 if block_l >= 2048 else 4
+    # 16 warps for the longest rows: 8192 keys at 8 warps needed 245 registers per thread and took ~5x longer to
+    # compile (about 100 s) than at 16 warps (128 registers, no spills; mae_kernels.triton.compile_check).
+    return 16 if block_l >= 4096 else 8 if block_l >= 2048 else 4
 
 
 def random_masking_forward(x, noise, len_keep, seed, offset):

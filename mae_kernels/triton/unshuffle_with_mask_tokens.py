@@ -5,16 +5,22 @@ ids_restore (a pure gather), values computed in fp32 and rounded once to the out
 grad_out once, writes grad_x once and reduces the mask-token / pos_embed gradients in two deterministic stages.
 c = has_cls (0 or 1), R = c + L output rows, K kept rows.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-_ROWS = 16  # output rows per program (the interpreter costs ~1 ms per program: many rows each)
 _CHUNK = 32  # terms per partial sum in the sequential reductions (over the batch, over row blocks)
 
 
-def _block_d(D):
-    return min(max(triton.next_power_of_2(D), 16), 512)
+def _tile(D):
+    """(ROWS output rows, BLOCK_D columns) per program. The interpreter costs ~1 ms per program: many rows each.
+    On a GPU, small tiles: the backward runs one program per tile of rows (each walking the whole batch), so
+    16 x 512 tiles gave 13 programs for L = 196 and needed 255 registers per thread."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return 16, min(max(triton.next_power_of_2(D), 16), 512)
+    return 4, min(max(triton.next_power_of_2(D), 16), 128)
 
 
 @triton.jit
@@ -122,10 +128,10 @@ def unshuffle_with_mask_tokens_forward(x, mask_token, ids_restore, pos_embed, ha
     ids = ids_restore.contiguous()
     mt = mask_token.reshape(D).to(torch.float32).contiguous()
     pos = pos_embed.reshape(R, D).to(torch.float32).contiguous() if pos_embed is not None else mt
-    block_d = _block_d(D)
-    grid = (N, triton.cdiv(R, _ROWS), triton.cdiv(D, block_d))
+    rows, block_d = _tile(D)
+    grid = (N, triton.cdiv(R, rows), triton.cdiv(D, block_d))
     _forward_kernel[grid](x, mt, ids, pos, out, L, K, D, c, x.stride(0), x.stride(1), x.stride(2),
-                          HAS_POS=pos_embed is not None, ROWS=_ROWS, BLOCK_D=block_d)
+                          HAS_POS=pos_embed is not None, ROWS=rows, BLOCK_D=block_d)
     return out
 
 
@@ -141,12 +147,12 @@ def unshuffle_with_mask_tokens_backward(grad_out, ids_restore, K, has_cls, x_dty
     grad_pos = torch.empty(1, R, D, device=dev, dtype=torch.float32) if pos_grad else grad_mask.new_empty(0)
     if D == 0 or R == 0:
         return grad_x, grad_mask, grad_pos
-    block_d = _block_d(D)
-    blocks = triton.cdiv(R, _ROWS)
+    rows, block_d = _tile(D)
+    blocks = triton.cdiv(R, rows)
     partial = torch.empty(blocks, D, device=dev, dtype=torch.float32)
     _backward_rows_kernel[(blocks, triton.cdiv(D, block_d))](
         grad, ids, grad_x, grad_pos if pos_grad else partial, partial, N, R - c, K, D, c,
-        POS_GRAD=pos_grad, ROWS=_ROWS, BLOCK_D=block_d, CHUNK=_CHUNK)
+        POS_GRAD=pos_grad, ROWS=rows, BLOCK_D=block_d, CHUNK=_CHUNK)
     _backward_mask_sum_kernel[(triton.cdiv(D, block_d),)](partial, grad_mask, blocks, D, BLOCK_D=block_d,
                                                        CHUNK=_CHUNK)
     return grad_x, grad_mask, grad_pos

@@ -29,11 +29,14 @@ __device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t counter)
   return static_cast<float>(c0 >> 8) * (1.0f / 16777216.0f);
 }
 
+// Zero and NaN are recognised from the bits, not by float compares: the extension is built with
+// --use_fast_math, whose flush-to-zero compares would make every denormal equal to 0.0 (a tie).
 __device__ __forceinline__ int64_t sort_key(float v, int64_t l) {
   int32_t bits = __float_as_int(v);
-  if (v == 0.0f) bits = 0;              // -0.0 ties with +0.0
-  if (v != v) bits = 0x7FFFFFFF;        // NaN last
-  if (bits < 0) bits ^= 0x7FFFFFFF;     // negative floats: reverse the magnitude order
+  const int32_t magnitude = bits & 0x7FFFFFFF;
+  if (magnitude == 0) bits = 0;                    // -0.0 ties with +0.0
+  if (magnitude > 0x7F800000) bits = 0x7FFFFFFF;   // NaN (either sign) last
+  if (bits < 0) bits ^= 0x7FFFFFFF;                // negative floats: reverse the magnitude order
   return (static_cast<int64_t>(bits) << 32) | l;
 }
 

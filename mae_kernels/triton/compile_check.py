@@ -1,0 +1,451 @@
+"""Ahead-of-time compile check of every Triton kernel for real GPU targets, without a GPU.
+
+The launchers themselves run on meta tensors of the benchmark shapes with each @triton.jit kernel replaced by
+a recorder, so what gets compiled is exactly what they would launch: the same arguments, constexprs,
+num_warps and num_stages. Each distinct launch is then compiled with triton.compile(ASTSource(...),
+target=GPUTarget("cuda", arch, 32)) down to a cubin with the ptxas bundled in the triton package, and its
+resources are checked: shared memory against the device limit, registers x threads against the register
+file, local memory (register spills), and the grid against CUDA's limits.
+
+Must run with TRITON_INTERPRET=0 set before triton is imported (under the interpreter @triton.jit makes no
+compilable function): `TRITON_INTERPRET=0 python -m mae_kernels.triton.compile_check [--arch 90 80]`.
+tests/test_triton_compile.py runs it in a subprocess.
+"""
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+MODULES = ("random_masking", "masked_patchify", "masked_patch_embed", "unshuffle_with_mask_tokens",
+           "masked_mse_loss")
+# Per-block limits (CUDA C programming guide, compute capabilities table).
+MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+REGISTERS_PER_BLOCK = 65536
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
+           torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1", torch.float64: "fp64"}
+_OPTIONS = ("num_warps", "num_stages")
+HEAVY = "[first arch only] "  # prefix of the scenarios too slow to compile for every arch
+
+
+@dataclass
+class Launch:
+    kernel: object  # the JITFunction
+    grid: tuple
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    options: dict
+    case: str
+
+    def key(self):
+        return (self.kernel.__name__, tuple(sorted(self.signature.items())),
+                tuple(sorted((k, repr(v)) for k, v in self.constexprs.items())), tuple(sorted(self.options.items())))
+
+    def describe(self):
+        ty = ",".join(f"{k}:{v}" for k, v in self.signature.items() if v != "constexpr")
+        cx = ",".join(f"{k}={v}" for k, v in self.constexprs.items())
+        op = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.kernel.__name__}[{cx}; {op}]({ty})"
+
+
+@dataclass
+class Result:
+    launch: Launch
+    arch: int
+    ok: bool
+    error: str = ""
+    shared: int = 0
+    registers: int = 0
+    local: int = 0  # bytes of local memory per thread: register spills (or stack arrays)
+    threads: int = 0
+    seconds: float = 0.0  # compile time (the GPU run pays it again at the first launch, per process)
+    problems: list = field(default_factory=list)
+
+
+def _arg_type(value):
+    """Triton signature type of a runtime argument, as the JIT specializes it."""
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "u1"
+    if isinstance(value, int):
+        if -2**31 <= value < 2**31:
+            return "i32"
+        return "i64" if -2**63 <= value < 2**63 else "u64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {type(value).__name__} argument {value!r}")
+
+
+def _bind(kernel, grid, args, kwargs, case):
+    """The Launch the JIT would compile for kernel[grid](*args, **kwargs) (same specialization rules: ints equal
+    to 1 become constants, 16-divisible ints and 16-aligned pointers get the divisibility hint)."""
+    names = list(kernel.arg_names)
+    values = dict(zip(names, args))
+    options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+    values.update(kwargs)
+    missing = []
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        param = kernel.params[i]
+        if name not in values:
+            if param.has_default:
+                values[name] = param.default
+            else:
+                missing.append(name)
+                continue
+        v = values[name]
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[name] = v
+        elif isinstance(v, int) and not isinstance(v, bool) and v == 1:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        else:
+            signature[name] = _arg_type(v)
+            aligned = (v.storage_offset() * v.element_size()) % 16 == 0 if isinstance(v, torch.Tensor) else (
+                isinstance(v, int) and not isinstance(v, bool) and v % 16 == 0)
+            if aligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    if missing:
+        raise TypeError(f"{kernel.__name__}: launch without arguments {missing} ({case})")
+    options.setdefault("num_warps", 4)
+    options.setdefault("num_stages", 3)
+    return Launch(kernel, tuple(grid), signature, constexprs, attrs, options, case)
+
+
+class _Recorder:
+    """Stands in for a JITFunction: kernel[grid](...) records the launch instead of running it."""
+
+    def __init__(self, kernel, sink, case):
+        self.kernel, self.sink, self.case = kernel, sink, case
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            g = grid(kwargs) if callable(grid) else grid
+            self.sink.append(_bind(self.kernel, g, args, dict(kwargs), self.case[0]))
+        return launch
+
+
+@contextlib.contextmanager
+def recording(sink, case):
+    """Replace every @triton.jit kernel of the launcher modules by a recorder appending to `sink`."""
+    saved = []
+    for name, value in all_kernels().items():
+        mod_name, attr = name.split(".")
+        saved.append((importlib.import_module(f"mae_kernels.triton.{mod_name}"), attr, value))
+    for mod, attr, value in saved:
+        setattr(mod, attr, _Recorder(value, sink, case))
+    try:
+        yield
+    finally:
+        for mod, attr, value in saved:
+            setattr(mod, attr, value)
+
+
+def _m(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+LOW = (torch.float16, torch.bfloat16)
+ALL = (torch.float32,) + LOW
+
+
+def scenarios():
+    """(description, thunk) pairs calling the launchers with the benchmark shapes (see
+    mae_kernels/benchmark/cases/) and the edge paths (no noise, D == 0, no ids, longest sort)."""
+    from . import masked_mse_loss as mse
+    from . import masked_patch_embed as pe
+    from . import masked_patchify as pf
+    from . import random_masking as rm
+    from . import unshuffle_with_mask_tokens as un
+
+    out = []
+    # random_masking: ViT-B (L=196), video (L=1568), the longest sort (MAX_L); seeds as int32 and int64.
+    # The sort of MAX_L keys takes minutes to compile: one dtype, both noise paths, an int64 seed, and only for
+    # the first --arch (HEAVY marks these cases).
+    for dtype in ALL:
+        for L, D in ((196, 768), (1568, 768), (rm.MAX_L, 64)):
+            K = L // 4
+            if L == rm.MAX_L and dtype != torch.float32:
+                continue
+            for noise in (None, _m(256, L)):
+                for seed in ((0, 2**40 + 3) if L < rm.MAX_L else (2**40 + 3,)):
+                    heavy = HEAVY if L == rm.MAX_L else ""
+                    out.append((f"{heavy}random_masking_forward {dtype} L={L} D={D} noise={noise is not None} "
+                                f"seed={seed}",
+                                lambda dtype=dtype, L=L, D=D, K=K, noise=noise, seed=seed: rm.random_masking_forward(
+                                    _m(256, L, D, dtype=dtype), noise, K, seed, 4096)))
+            out.append((f"random_masking_backward {dtype} L={L} D={D}",
+                        lambda dtype=dtype, L=L, D=D, K=K: rm.random_masking_backward(
+                            _m(256, K, D, dtype=dtype), _m(256, K, dtype=torch.int64), L)))
+    out.append(("random_masking_forward D=0", lambda: rm.random_masking_forward(_m(256, 196, 0), None, 49, 7, 0)))
+    # patchify family: ViT-B/16 and ViT-H/14 at 224, with and without ids_keep.
+    for dtype in ALL:
+        for p, K in ((16, 49), (14, 64)):
+            imgs = _m(256, 3, 224, 224, dtype=dtype)
+            ids = _m(256, K, dtype=torch.int64)
+            L = (224 // p) ** 2
+            out.append((f"masked_patchify gather {dtype} p={p}",
+                        lambda imgs=imgs, ids=ids, p=p: pf.gather(imgs, ids, p)))
+            out.append((f"patchify gather {dtype} p={p}", lambda imgs=imgs, p=p: pf.gather(imgs, None, p)))
+            out.append((f"masked_patchify scatter {dtype} p={p}",
+                        lambda dtype=dtype, ids=ids, K=K, p=p: pf.scatter(_m(256, K, p * p * 3, dtype=dtype), ids,
+                                                                           p, 224, 224)))
+            out.append((f"unpatchify scatter {dtype} p={p}",
+                        lambda dtype=dtype, L=L, p=p: pf.scatter(_m(256, L, p * p * 3, dtype=dtype), None, p, 224,
+                                                                  224)))
+    # masked_patch_embed: ViT-B/16 and ViT-H/14; pos_embed in the same dtype or float32 (autocast).
+    for dtype in ALL:
+        for p, D, K in ((16, 768, 49), (14, 1280, 64)):
+            L = (224 // p) ** 2
+            for pos_dtype in {dtype, torch.float32}:
+                for with_pos in (True, False):
+                    out.append((f"masked_patch_embed {dtype} p={p} D={D} pos={with_pos and pos_dtype}",
+                                lambda dtype=dtype, p=p, D=D, K=K, L=L, pos_dtype=pos_dtype, with_pos=with_pos:
+                                pe.masked_patch_embed(_m(256, 3, 224, 224, dtype=dtype), _m(256, K, dtype=torch.int64),
+                                                      _m(D, 3, p, p, dtype=dtype), _m(D, dtype=dtype),
+                                                      _m(1, 1 + L, D, dtype=pos_dtype) if with_pos else None)))
+    # unshuffle_with_mask_tokens: the decoder (D=512), ViT-B and video lengths, cls or not, fp32 or low outputs.
+    for dtype in ALL:
+        for L, K in ((196, 49), (1568, 156)):
+            for has_cls in (True, False):
+                c = int(has_cls)
+                for out_dtype in {dtype, torch.float32}:
+                    for with_pos in (True, False):
+                        out.append((f"unshuffle forward {dtype}->{out_dtype} L={L} cls={has_cls} pos={with_pos}",
+                                    lambda dtype=dtype, L=L, K=K, c=c, out_dtype=out_dtype, with_pos=with_pos:
+                                    un.unshuffle_with_mask_tokens_forward(
+                                        _m(256, c + K, 512, dtype=dtype), _m(1, 1, 512), _m(256, L, dtype=torch.int64),
+                                        _m(1, c + L, 512) if with_pos else None, bool(c), out_dtype)))
+                    for pos_grad in (True, False):
+                        out.append((f"unshuffle backward {dtype} L={L} cls={has_cls} pos_grad={pos_grad}",
+                                    lambda dtype=dtype, L=L, K=K, c=c, out_dtype=out_dtype, pos_grad=pos_grad:
+                                    un.unshuffle_with_mask_tokens_backward(
+                                        _m(256, c + L, 512, dtype=out_dtype), _m(256, L, dtype=torch.int64), K,
+                                        bool(c), dtype, pos_grad)))
+    # masked_mse_loss: P=768 (ViT-B/16) and 588 (ViT-H/14); all rows (no ids) or the removed rows only.
+    for dtype in ALL:
+        for p in (16, 14):
+            L = (224 // p) ** 2
+            P = p * p * 3
+            for rows in (L, L - L // 4):
+                for norm in (True, False):
+                    ids = _m(256, rows, dtype=torch.int64) if rows != L else None
+                    args = lambda dtype=dtype, rows=rows, P=P, L=L, ids=ids: (
+                        _m(256, rows, P, dtype=dtype), _m(256, 3, 224, 224, dtype=dtype), _m(256, L), ids)
+                    for with_grad in (True, False):
+                        out.append((f"masked_mse_loss forward {dtype} P={P} rows={rows} norm={norm} grad={with_grad}",
+                                    lambda args=args, p=p, norm=norm, with_grad=with_grad:
+                                    mse.masked_mse_loss_forward(*args(), p, norm, 1e-6, with_grad)))
+                    for need_pred, need_imgs in ((True, False), (False, True), (True, True)):
+                        out.append((f"masked_mse_loss backward {dtype} P={P} rows={rows} norm={norm} "
+                                    f"pred={need_pred} imgs={need_imgs}",
+                                    lambda args=args, p=p, norm=norm, need_pred=need_pred, need_imgs=need_imgs:
+                                    mse.masked_mse_loss_backward(_m(), *args(), p, norm, 1e-6, need_pred,
+                                                                 need_imgs)))
+    out += _edge_scenarios(rm, pf, pe, un, mse)
+    return out
+
+
+def _edge_scenarios(rm, pf, pe, un, mse):
+    """The tiny and degenerate sizes of the unit tests (L = 1, K = 0 or 1, D = 3, P = 48, tiles wider than the
+    data): other block sizes and ==1 specializations than the benchmark shapes."""
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for L, K, D in ((1, 0, 3), (1, 1, 3), (4, 1, 5), (10, 3, 1), (50, 25, 7)):
+            for noise in (None, _m(2, L)):
+                out.append((f"edge random_masking_forward {dtype} L={L} K={K} D={D} noise={noise is not None}",
+                            lambda dtype=dtype, L=L, K=K, D=D, noise=noise: rm.random_masking_forward(
+                                _m(2, L, D, dtype=dtype), noise, K, 5, 8)))
+            out.append((f"edge random_masking_backward {dtype} L={L} K={K} D={D}",
+                        lambda dtype=dtype, L=L, K=K, D=D: rm.random_masking_backward(
+                            _m(2, K, D, dtype=dtype), _m(2, K, dtype=torch.int64), L)))
+        imgs = _m(2, 3, 8, 12, dtype=dtype)
+        out.append((f"edge masked_patchify {dtype}", lambda imgs=imgs: pf.gather(imgs, _m(2, 3, dtype=torch.int64), 4)))
+        out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None, 4, 8,
+                                                                             12)))
+        out.append((f"edge masked_patch_embed {dtype}",
+                    lambda imgs=imgs, dtype=dtype: pe.masked_patch_embed(
+                        imgs, _m(2, 3, dtype=torch.int64), _m(8, 3, 4, 4, dtype=dtype), _m(8, dtype=dtype),
+                        _m(1, 7, 8))))
+        for K, c in ((3, 1), (0, 0)):
+            out.append((f"edge unshuffle forward {dtype} K={K} cls={c}",
+                        lambda dtype=dtype, K=K, c=c: un.unshuffle_with_mask_tokens_forward(
+                            _m(3, c + K, 5, dtype=dtype), _m(1, 1, 5), _m(3, 10, dtype=torch.int64), _m(1, c + 10, 5),
+                            bool(c), dtype)))
+            out.append((f"edge unshuffle backward {dtype} K={K} cls={c}",
+                        lambda dtype=dtype, K=K, c=c: un.unshuffle_with_mask_tokens_backward(
+                            _m(3, c + 10, 5, dtype=dtype), _m(3, 10, dtype=torch.int64), K, bool(c), dtype, True)))
+        for ids in (None, _m(2, 4, dtype=torch.int64)):
+            rows = 6 if ids is None else 4
+            out.append((f"edge masked_mse_loss {dtype} rows={rows}",
+                        lambda dtype=dtype, ids=ids, rows=rows: mse.masked_mse_loss_backward(
+                            _m(), _m(2, rows, 48, dtype=dtype), _m(2, 3, 8, 12, dtype=dtype), _m(2, 6), ids, 4, True,
+                            1e-6, True, True)))
+    return out
+
+
+def all_kernels():
+    """{module.kernel name: JITFunction} of every kernel of the launcher modules."""
+    import triton
+
+    out = {}
+    for name in MODULES:
+        mod = importlib.import_module(f"mae_kernels.triton.{name}")
+        for attr, value in vars(mod).items():
+            if isinstance(value, triton.runtime.jit.JITFunction) and attr.endswith("kernel"):
+                out[f"{name}.{attr}"] = value
+    return out
+
+
+def collect():
+    """The distinct launches of all scenarios (first description kept for each), in a stable order. Raises when
+    a kernel of the launcher modules is never launched by the scenarios (a new kernel needs a scenario)."""
+    launches = {}
+    case = [""]
+    sink = []
+    with recording(sink, case):
+        for desc, thunk in scenarios():
+            case[0] = desc
+            thunk()
+    for launch in sink:
+        launches.setdefault(launch.key(), launch)
+    launched = {id(ln.kernel) for ln in sink}
+    missing = [name for name, k in all_kernels().items() if id(k) not in launched]
+    if missing:
+        raise RuntimeError(f"kernels never launched by compile_check.scenarios(): {missing}")
+    return list(launches.values())
+
+
+def _resource_usage(cubin, arch, name):
+    """(registers, local bytes) of the kernel in `cubin` from cuobjdump (bundled with triton)."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", text)
+    if m is None:
+        raise RuntimeError(f"cannot read resource usage of {name} from cuobjdump:\n{text}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def compile_one(launch, arch):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    res = Result(launch, arch, ok=False)
+    start = time.time()
+    try:
+        src = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
+        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
+    except Exception as e:  # noqa: BLE001 - every compiler failure is a finding to report
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    finally:
+        res.seconds = time.time() - start
+    md = ck.metadata
+    res.shared = int(md.shared)
+    res.threads = int(md.num_warps) * 32 * int(getattr(md, "num_ctas", 1))
+    res.registers, res.local = _resource_usage(ck.asm["cubin"], arch, launch.kernel.__name__)
+    limit = MAX_SHARED.get(arch, 48 * 1024)
+    if res.shared > limit:
+        res.problems.append(f"shared memory {res.shared} B > {limit} B")
+    if res.registers * res.threads > REGISTERS_PER_BLOCK:
+        res.problems.append(f"{res.registers} registers x {res.threads} threads > {REGISTERS_PER_BLOCK}")
+    if res.local > 0:
+        res.problems.append(f"{res.local} B of local memory per thread (register spills)")
+    for dim, (g, cap) in enumerate(zip(launch.grid, GRID_LIMITS)):
+        if g > cap:
+            res.problems.append(f"grid[{dim}] = {g} > {cap}")
+    res.ok = True
+    return res
+
+
+def fatal(res):
+    """Problems that make the launch fail (spills only cost speed)."""
+    return [p for p in res.problems if "spills" not in p]
+
+
+def summary(results):
+    """Markdown table: per kernel and arch, the variants compiled and the worst resource use among them."""
+    rows = {}
+    for r in results:
+        if not r.ok:
+            continue
+        key = (r.launch.kernel.fn.__module__.rsplit(".", 1)[-1], r.launch.kernel.__name__, r.arch)
+        n, smem, regs, threads, local, sec = rows.get(key, (0, 0, 0, 0, 0, 0.0))
+        rows[key] = (n + 1, max(smem, r.shared), max(regs, r.registers), max(threads, r.threads),
+                     max(local, r.local), max(sec, r.seconds))
+    lines = ["| module | kernel | arch | variants | max shared B | max regs/thread | max threads | spills (local B) "
+             "| slowest compile s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (mod, name, arch), (n, smem, regs, threads, local, sec) in sorted(rows.items()):
+        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--report", help="append a markdown summary (triton version, per-kernel worst case)")
+    parser.add_argument("--module", choices=MODULES, help="compile only the kernels of this launcher module")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("run with TRITON_INTERPRET=0: the interpreter has no compilable kernels")
+    import triton
+
+    launches = [ln for ln in collect() if args.module is None or ln.kernel.fn.__module__.endswith("." + args.module)]
+    print(f"triton {triton.__version__}: {len(launches)} distinct launches x archs {args.arch}", flush=True)
+    results, failed, errors_shown = [], 0, set()
+    for arch in args.arch:
+        for launch in launches:
+            if arch != args.arch[0] and launch.case.startswith(HEAVY):
+                continue
+            r = compile_one(launch, arch)
+            results.append(r)
+            bad = not r.ok or fatal(r)
+            failed += bool(bad)
+            status = "FAIL" if bad else "ok  "
+            usage = (f"smem {r.shared:6d} B, {r.registers:3d} regs x {r.threads:4d} thr, local {r.local} B, "
+                     f"{r.seconds:5.1f} s" if r.ok else "compile error")
+            extra = ("; " + "; ".join(r.problems)) if r.problems else ""
+            print(f"{status} sm_{arch} {usage}{extra} | {launch.case} | grid {launch.grid} | {launch.describe()}"[:400],
+                  flush=True)
+            if not r.ok and r.error not in errors_shown:  # each distinct error in full once
+                errors_shown.add(r.error)
+                print("    " + r.error.replace("\n", "\n    ")[:4000], flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dict(kernel=r.launch.kernel.__name__, arch=r.arch, ok=r.ok and not fatal(r), error=r.error,
+                            shared=r.shared, registers=r.registers, local=r.local, threads=r.threads,
+                            seconds=round(r.seconds, 2),
+                            problems=r.problems, launch=r.launch.describe(), grid=r.launch.grid,
+                            case=r.launch.case) for r in results], f, indent=1)
+    table = summary(results)
+    print(table)
+    if args.report:
+        with open(args.report, "a") as f:
+            f.write(f"\n### triton {triton.__version__}, {', '.join(f'sm_{a}' for a in args.arch)}: "
+                    f"{len(results) - failed} of {len(results)} launches compiled within limits\n\n{table}\n")
+    print(f"{len(results) - failed} of {len(results)} compiled within limits; {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
