@@ -57,3 +57,13 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 GEMMs and convolutions in true fp32 (as the reference on CPU), restored afterwards. Plain
+    assignments: pytest's monkeypatch cannot restore these torch.backends attributes."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

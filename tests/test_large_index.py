@@ -26,16 +26,6 @@ GPU_BACKENDS = ["cuda", "triton"]
 HOST_MEMORY_NEEDED = 12 * GiB
 
 
-@pytest.fixture
-def no_tf32():
-    """fp32 GEMMs and convolutions in true fp32 (as the reference on CPU), restored afterwards. Plain
-    assignments: pytest's monkeypatch cannot restore these torch.backends attributes."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 def host_available():
     try:
         with open("/proc/meminfo") as f:

@@ -16,16 +16,6 @@ P = P_SIZE * P_SIZE * C
 K = 4
 
 
-@pytest.fixture
-def no_tf32():
-    """fp32 GEMMs and convolutions in true fp32 (as the reference on CPU), restored afterwards. Plain
-    assignments: pytest's monkeypatch cannot restore these torch.backends attributes."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 def relayout(t, layout):
     """The same values in a non-contiguous layout: channels_last (4-D), a transposed copy, or a slice of a
     wider buffer. Tensors of one element or less stay as they are."""
@@ -154,10 +144,11 @@ def _expanded_cases(device):
     }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("device, backend", [("cpu", b) for b in CPU_BACKENDS]
+                         + [pytest.param("cuda", b, marks=pytest.mark.gpu) for b in GPU_BACKENDS])
 @pytest.mark.parametrize("op", sorted(_expanded_cases("cpu")))
-def test_expanded_inputs_match_reference(op, backend):
-    args = _expanded_cases("cpu")[op]
+def test_expanded_inputs_match_reference(op, device, backend, no_tf32):
+    args = _expanded_cases(device)[op]
     fn = getattr(mae_kernels, op)
     with mae_kernels.use_backend(backend):
         got = fn(**args)
@@ -175,16 +166,3 @@ def test_expanded_inputs_match_reference(op, backend):
 @pytest.mark.parametrize("op", OPS)
 def test_gpu_noncontiguous_inputs_match_reference(op, backend, layout, no_tf32):
     check_layout(op, backend, "cuda", layout)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("op", sorted(_expanded_cases("cpu")))
-def test_gpu_expanded_inputs_match_reference(op, backend, no_tf32):
-    args = _expanded_cases("cuda")[op]
-    fn = getattr(mae_kernels, op)
-    with mae_kernels.use_backend(backend):
-        got = fn(**args)
-    with mae_kernels.use_backend("reference"):
-        want = fn(**{k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in args.items()})
-    _compare(got, want, op != "masked_patch_embed", op)

@@ -303,9 +303,7 @@ def test_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("factory, size", [(mae_vit_tiny, 64), (mae_vit_base_patch16, 224)])
-def test_gpu_fused_matches_eager_bf16(factory, size, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the eager Conv2d would use TF32
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_gpu_fused_matches_eager_bf16(factory, size, no_tf32):  # the eager Conv2d would use TF32
     torch.manual_seed(8)
     model = factory(img_size=size, norm_pix_loss=True).cuda()
     N = 4
