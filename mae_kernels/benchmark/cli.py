@@ -13,6 +13,16 @@ TIMING = {"warmup_ms": 25.0, "rep_ms": 150.0}
 QUICK_TIMING = {"warmup_ms": 2.0, "rep_ms": 10.0, "min_reps": 3}
 
 
+
+def add_output_args(p, files):
+    """--device, --out and --note, shared by `bench` and `bench-step`."""
+    p.add_argument("--device", choices=("cpu", "cuda"), default=environment.default_device(),
+                   help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--out", default=os.path.join("bench", "results"),
+                   help=f"folder of {files} (default: bench/results)")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'cores shared with other jobs')")
+
+
 def _list(text, allowed, what):
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in allowed]
@@ -30,11 +40,7 @@ def parse(argv):
     p.add_argument("--modes", type=lambda s: _list(s, harness.MODES, "--modes"), default=list(harness.MODES),
                    help=f"default: {','.join(harness.MODES)}")
     p.add_argument("--quick", action="store_true", help="tiny shapes, short timing (a smoke run of the harness)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=environment.default_device(),
-                   help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--out", default=os.path.join("bench", "results"),
-                   help="folder of <device-slug>.json and .png (default: bench/results)")
-    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'cores shared with other jobs')")
+    add_output_args(p, "<device-slug>.json and .png")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p.parse_args(argv)
 

@@ -17,14 +17,21 @@ def _cell(row, key, fmt):
     return "n/a" if value is None else fmt.format(value)
 
 
-def table(rows):
-    """The measured rows as an aligned text table, then the providers that could not run and why."""
+def aligned(rows, columns, left):
+    """The rows with status "ok" as aligned text lines under a header: the first `left` columns (names)
+    left-aligned, the numbers right-aligned."""
     ok = [r for r in rows if r["status"] == "ok"]
-    cells = [[h for h, _, _ in COLUMNS]] + [[_cell(r, k, f) for _, k, f in COLUMNS] for r in ok]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+    cells = [[h for h, _, _ in columns]] + [[_cell(r, k, f) for _, k, f in columns] for r in ok]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
              for line in cells]
     lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def table(rows):
+    """The measured rows as an aligned text table, then the providers that could not run and why."""
+    lines = aligned(rows, COLUMNS, left=5)
     for r in rows:
         if r["status"] != "ok":
             mode = f" {r['mode']}" if r.get("mode") else ""

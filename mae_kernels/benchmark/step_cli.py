@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from . import environment, train_step
-from .cli import _list
+from . import environment, report, train_step
+from .cli import _list, add_output_args
 
 TIMING = {"cuda": dict(warmup=3, steps=20, rounds=1), "cpu": dict(warmup=3, steps=6, rounds=8)}
 QUICK = dict(warmup=1, steps=2, rounds=1)
@@ -46,11 +46,7 @@ def parse(argv):
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: providers not started by then are skipped (reported as such)")
     p.add_argument("--quick", action="store_true", help="tiny config, batch 4, one short round (a smoke run)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=environment.default_device(),
-                   help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--out", default=os.path.join("bench", "results"),
-                   help="folder of <device-slug>-train_step.json (default: bench/results)")
-    p.add_argument("--note", default="", help="free text stored in the JSON")
+    add_output_args(p, "<device-slug>-train_step.json")
     p.add_argument("--markdown", metavar="JSON", default=None,
                    help="print the Markdown table of a results file written earlier (for bench/README.md) and exit")
     args = p.parse_args(argv)
@@ -78,13 +74,7 @@ COLUMNS = [  # (header, key, format)
 
 
 def table(rows, summaries, targets_apply):
-    ok = [r for r in rows if r["status"] == "ok"]
-    cells = [[h for h, _, _ in COLUMNS]] + [["n/a" if r.get(k) is None else f.format(r[k]) for _, k, f in COLUMNS]
-                                           for r in ok]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in cells]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = report.aligned(rows, COLUMNS, left=4)
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"{r['status']}: {r['config']} {r['provider']}: {r['reason']}")
