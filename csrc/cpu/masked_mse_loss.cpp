@@ -10,15 +10,10 @@
 #include <tuple>
 #include <vector>
 
+#include "masked_mse_loss_geometry.h"
+
 namespace mae_kernels {
 namespace {
-
-struct LossGeometry {
-  int64_t N, R, L, P, C, p, H, W, w_patches;
-  int64_t s_n, s_c, s_h, s_w;  // imgs strides (elements)
-  bool norm;
-  float eps;
-};
 
 // sum of f(0..n-1) in kLanes interleaved fp32 accumulators, combined pairwise: independent chains the compiler
 // pipelines and vectorizes (one serial chain is latency-bound), and a smaller rounding error. Fixed order.
@@ -41,7 +36,7 @@ inline float lane_sum(int64_t n, F f) {
 // Outputs (each may be null): partial [N * R] float32, grad_pred [N, R, P], grad_imgs [N, C, H, W] contiguous
 // and zero-filled. scale: 2 * grad_loss / (P * mask.sum()) or 0.
 template <typename pred_t, typename img_t>
-void masked_mse_rows(const LossGeometry& g, const pred_t* pred, const img_t* imgs, const float* mask,
+void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* imgs, const float* mask,
                      const int64_t* ids, float scale, float* partial, pred_t* grad_pred, img_t* grad_imgs) {
   const int64_t P = g.P, C = g.C, p = g.p;
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t begin, int64_t end) {
@@ -115,27 +110,6 @@ void masked_mse_rows(const LossGeometry& g, const pred_t* pred, const img_t* img
   });
 }
 
-LossGeometry geometry(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& mask, int64_t patch_size,
-                      bool norm, double eps) {
-  LossGeometry g;
-  g.N = pred.size(0);
-  g.R = pred.size(1);
-  g.P = pred.size(2);
-  g.L = mask.size(1);
-  g.C = imgs.size(1);
-  g.H = imgs.size(2);
-  g.W = imgs.size(3);
-  g.p = patch_size;
-  g.w_patches = g.W / patch_size;
-  g.s_n = imgs.stride(0);
-  g.s_c = imgs.stride(1);
-  g.s_h = imgs.stride(2);
-  g.s_w = imgs.stride(3);
-  g.norm = norm;
-  g.eps = static_cast<float>(eps);
-  return g;
-}
-
 // 2 * grad_loss / (P * mask.sum()), 0 when the mask has no removed patch.
 float gradient_scale(const at::Tensor& mask, int64_t P, float grad_loss) {
   const double total = mask.sum(at::kDouble).item<double>();
@@ -145,7 +119,7 @@ float gradient_scale(const at::Tensor& mask, int64_t P, float grad_loss) {
 void run(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& mask, const at::Tensor* ids,
          int64_t patch_size, bool norm, double eps, float scale, at::Tensor* partial, at::Tensor* grad_pred,
          at::Tensor* grad_imgs) {
-  const LossGeometry g = geometry(pred, imgs, mask, patch_size, norm, eps);
+  const MseLossGeometry g = mse_loss_geometry(pred, imgs, mask, patch_size, norm, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_mse_loss_cpu", [&] {
     using pred_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, imgs.scalar_type(), "masked_mse_loss_cpu", [&] {

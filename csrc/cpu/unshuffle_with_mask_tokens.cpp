@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "unshuffle_with_mask_tokens_host.h"
+
 namespace mae_kernels {
 namespace {
 
@@ -97,51 +99,38 @@ void unshuffle_backward_rows(const g_t* grad, const int64_t* ids, int64_t N, int
 }
 
 at::Tensor unshuffle_with_mask_tokens_cpu(const at::Tensor& x, const at::Tensor& mask_token,
-                                          const at::Tensor& ids_restore_in,
+                                          const at::Tensor& ids_restore,
                                           const std::optional<at::Tensor>& pos_embed, bool has_cls,
                                           at::ScalarType out_dtype) {
-  const int64_t N = x.size(0), D = x.size(2), L = ids_restore_in.size(1);
-  const int64_t c = has_cls ? 1 : 0, K = x.size(1) - c;
-  TORCH_CHECK(K >= 0 && K <= L, "unshuffle_with_mask_tokens: kept count must be in [0, L]");
-  const at::Tensor ids = ids_restore_in.contiguous();
-  const at::Tensor mt = mask_token.to(at::kFloat).contiguous();
-  at::Tensor pos;
-  if (pos_embed.has_value()) pos = pos_embed->to(at::kFloat).contiguous();
-  auto out = at::empty({N, c + L, D}, x.options().dtype(out_dtype));
-  if (out.numel() == 0) return out;
+  const UnshuffleForward f = unshuffle_forward_setup(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype);
+  if (f.out.numel() == 0) return f.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unshuffle_fwd_x", [&] {
     using x_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "unshuffle_fwd_out", [&] {
       unshuffle_forward_rows<x_t, scalar_t>(
-          x.const_data_ptr<x_t>(), x.stride(0), x.stride(1), x.stride(2), mt.const_data_ptr<float>(),
-          ids.const_data_ptr<int64_t>(), pos.defined() ? pos.const_data_ptr<float>() : nullptr, N, L, K, D,
-          has_cls, out.data_ptr<scalar_t>());
+          x.const_data_ptr<x_t>(), x.stride(0), x.stride(1), x.stride(2), f.mask_token.const_data_ptr<float>(),
+          f.ids.const_data_ptr<int64_t>(), f.pos.defined() ? f.pos.const_data_ptr<float>() : nullptr, f.N, f.L,
+          f.K, f.D, has_cls, f.out.data_ptr<scalar_t>());
     });
   });
-  return out;
+  return f.out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& ids_restore_in, int64_t K, bool has_cls,
-    at::ScalarType x_dtype, bool pos_grad) {
-  const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor ids = ids_restore_in.contiguous();
-  const int64_t N = grad.size(0), R = grad.size(1), D = grad.size(2), c = has_cls ? 1 : 0;
-  auto f32 = grad.options().dtype(at::kFloat);
-  auto grad_x = at::empty({N, c + K, D}, grad.options().dtype(x_dtype));
-  auto grad_mask = at::empty({1, 1, D}, f32);
-  auto grad_pos = pos_grad ? at::empty({1, R, D}, f32) : at::empty({0}, f32);
-  auto partial = at::empty({R, D}, f32);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "unshuffle_bwd_g", [&] {
+    const at::Tensor& grad, const at::Tensor& ids_restore, int64_t K, bool has_cls, at::ScalarType x_dtype,
+    bool pos_grad) {
+  const UnshuffleBackward b = unshuffle_backward_setup(grad, ids_restore, K, has_cls, x_dtype, pos_grad);
+  auto partial = at::empty({b.R, b.D}, b.grad_mask.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "unshuffle_bwd_g", [&] {
     using g_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_dtype, "unshuffle_bwd_x", [&] {
-      unshuffle_backward_rows<g_t, scalar_t>(grad.const_data_ptr<g_t>(), ids.const_data_ptr<int64_t>(), N,
-                                             R - c, K, D, has_cls, grad_x.data_ptr<scalar_t>(),
-                                             pos_grad ? grad_pos.data_ptr<float>() : nullptr,
-                                             partial.data_ptr<float>(), grad_mask.data_ptr<float>());
+      unshuffle_backward_rows<g_t, scalar_t>(b.grad.const_data_ptr<g_t>(), b.ids.const_data_ptr<int64_t>(), b.N,
+                                             b.R - b.c, K, b.D, has_cls, b.grad_x.data_ptr<scalar_t>(),
+                                             pos_grad ? b.grad_pos.data_ptr<float>() : nullptr,
+                                             partial.data_ptr<float>(), b.grad_mask.data_ptr<float>());
     });
   });
-  return {grad_x, grad_mask, grad_pos};
+  return {b.grad_x, b.grad_mask, b.grad_pos};
 }
 
 }  // namespace

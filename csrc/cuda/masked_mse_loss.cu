@@ -32,21 +32,7 @@ void launch(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& ma
   if (rows == 0) return;
   TORCH_CHECK(rows <= 2147483647LL, "mae_kernels::masked_mse_loss: too many rows for one launch (", rows, ")");
   TORCH_CHECK(pred.size(2) <= 2147483647LL, "mae_kernels::masked_mse_loss: patches too large (", pred.size(2), ")");
-  cuda::MseRowsParams g;
-  g.R = pred.size(1);
-  g.P = pred.size(2);
-  g.L = mask.size(1);
-  g.C = imgs.size(1);
-  g.H = imgs.size(2);
-  g.W = imgs.size(3);
-  g.p = patch_size;
-  g.w_patches = g.W / patch_size;
-  g.s_n = imgs.stride(0);
-  g.s_c = imgs.stride(1);
-  g.s_h = imgs.stride(2);
-  g.s_w = imgs.stride(3);
-  g.norm = norm;
-  g.eps = static_cast<float>(eps);
+  const MseLossGeometry g = mse_loss_geometry(pred, imgs, mask, patch_size, norm, eps);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_mse_loss_cuda", [&] {
     using pred_t = scalar_t;

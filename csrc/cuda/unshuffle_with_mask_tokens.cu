@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "cuda/kernels/unshuffle_with_mask_tokens.cuh"
+#include "unshuffle_with_mask_tokens_host.h"
 
 namespace mae_kernels {
 namespace {
@@ -20,74 +21,62 @@ int threads_for(int64_t D) {  // a warp multiple covering D, at most kThreads
 }
 
 at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x, const at::Tensor& mask_token,
-                                           const at::Tensor& ids_restore_in,
+                                           const at::Tensor& ids_restore,
                                            const std::optional<at::Tensor>& pos_embed, bool has_cls,
                                            at::ScalarType out_dtype) {
-  TORCH_CHECK(x.is_cuda() && mask_token.is_cuda() && ids_restore_in.is_cuda(),
+  TORCH_CHECK(x.is_cuda() && mask_token.is_cuda() && ids_restore.is_cuda(),
               "unshuffle_with_mask_tokens (cuda): every tensor must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), D = x.size(2), L = ids_restore_in.size(1);
-  const int64_t c = has_cls ? 1 : 0, K = x.size(1) - c;
-  TORCH_CHECK(K >= 0 && K <= L, "unshuffle_with_mask_tokens: kept count must be in [0, L]");
-  const at::Tensor ids = ids_restore_in.contiguous();
-  const at::Tensor mt = mask_token.to(at::kFloat).contiguous();
-  at::Tensor pos;
-  if (pos_embed.has_value()) pos = pos_embed->to(at::kFloat).contiguous();
-  auto out = at::empty({N, c + L, D}, x.options().dtype(out_dtype));
-  if (out.numel() == 0) return out;
-  const int64_t blocks = std::min<int64_t>(N * (c + L), kMaxBlocks);
+  const UnshuffleForward f = unshuffle_forward_setup(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype);
+  if (f.out.numel() == 0) return f.out;
+  const int64_t blocks = std::min<int64_t>(f.N * (f.c + f.L), kMaxBlocks);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unshuffle_fwd_x", [&] {
     using x_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "unshuffle_fwd_out", [&] {
-      cuda::unshuffle_forward_kernel<x_t, scalar_t><<<blocks, threads_for(D), 0, stream>>>(
-          x.const_data_ptr<x_t>(), x.stride(0), x.stride(1), x.stride(2), mt.const_data_ptr<float>(),
-          ids.const_data_ptr<int64_t>(), pos.defined() ? pos.const_data_ptr<float>() : nullptr, N, L, K, D, c,
-          out.data_ptr<scalar_t>());
+      cuda::unshuffle_forward_kernel<x_t, scalar_t><<<blocks, threads_for(f.D), 0, stream>>>(
+          x.const_data_ptr<x_t>(), x.stride(0), x.stride(1), x.stride(2), f.mask_token.const_data_ptr<float>(),
+          f.ids.const_data_ptr<int64_t>(), f.pos.defined() ? f.pos.const_data_ptr<float>() : nullptr, f.N, f.L,
+          f.K, f.D, f.c, f.out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return out;
+  return f.out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& ids_restore_in, int64_t K, bool has_cls,
-    at::ScalarType x_dtype, bool pos_grad) {
-  TORCH_CHECK(grad_in.is_cuda() && ids_restore_in.is_cuda(),
+    const at::Tensor& grad, const at::Tensor& ids_restore, int64_t K, bool has_cls, at::ScalarType x_dtype,
+    bool pos_grad) {
+  TORCH_CHECK(grad.is_cuda() && ids_restore.is_cuda(),
               "unshuffle_with_mask_tokens_backward (cuda): every tensor must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(grad_in.device());
-  const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor ids = ids_restore_in.contiguous();
-  const int64_t N = grad.size(0), R = grad.size(1), D = grad.size(2), c = has_cls ? 1 : 0;
-  auto f32 = grad.options().dtype(at::kFloat);
-  auto grad_x = at::empty({N, c + K, D}, grad.options().dtype(x_dtype));
-  auto grad_mask = at::empty({1, 1, D}, f32);
-  auto grad_pos = pos_grad ? at::empty({1, R, D}, f32) : at::empty({0}, f32);
-  if (D == 0) return {grad_x, grad_mask, grad_pos};
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const UnshuffleBackward b = unshuffle_backward_setup(grad, ids_restore, K, has_cls, x_dtype, pos_grad);
+  const int64_t R = b.R, D = b.D;
+  if (D == 0) return {b.grad_x, b.grad_mask, b.grad_pos};
   if (R == 0) {
-    grad_mask.zero_();
-    return {grad_x, grad_mask, grad_pos};
+    b.grad_mask.zero_();
+    return {b.grad_x, b.grad_mask, b.grad_pos};
   }
-  auto partial = at::empty({R, D}, f32);
+  auto partial = at::empty({R, D}, b.grad_mask.options());
   const int threads = threads_for(D);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(R, 65535 * 16)),
                   static_cast<unsigned>((D + threads - 1) / threads));
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "unshuffle_bwd_g", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "unshuffle_bwd_g", [&] {
     using g_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_dtype, "unshuffle_bwd_x", [&] {
       cuda::unshuffle_backward_rows_kernel<g_t, scalar_t><<<grid, threads, 0, stream>>>(
-          grad.const_data_ptr<g_t>(), ids.const_data_ptr<int64_t>(), N, R - c, K, D, c,
-          grad_x.data_ptr<scalar_t>(), pos_grad ? grad_pos.data_ptr<float>() : nullptr,
+          b.grad.const_data_ptr<g_t>(), b.ids.const_data_ptr<int64_t>(), b.N, R - b.c, K, D, b.c,
+          b.grad_x.data_ptr<scalar_t>(), pos_grad ? b.grad_pos.data_ptr<float>() : nullptr,
           partial.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   cuda::unshuffle_backward_mask_sum_kernel<<<static_cast<unsigned>((D + kThreads - 1) / kThreads), kThreads, 0,
                                              stream>>>(partial.const_data_ptr<float>(), R, D,
-                                                       grad_mask.data_ptr<float>());
+                                                       b.grad_mask.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {grad_x, grad_mask, grad_pos};
+  return {b.grad_x, b.grad_mask, b.grad_pos};
 }
 
 }  // namespace

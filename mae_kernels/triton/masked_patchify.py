@@ -21,29 +21,21 @@ def _patch_offsets(rows, cols, ids_ptr, row_mask, K, C, p, grid_w, s_n, s_c, s_h
 
 
 @triton.jit
-def _gather_kernel(img_ptr,  # [N, C, H, W] with strides s_*
-                   ids_ptr,  # [N * K] int64 (unused without HAS_IDS)
-                   out_ptr,  # [N * K, P] contiguous
-                   M, K, P, C, p, grid_w, s_n, s_c, s_h, s_w,
-                   HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+def _copy_kernel(src_ptr,  # gather: the image [N, C, H, W] with strides s_*; scatter: [N * K, P] contiguous
+                 ids_ptr,  # [N * K] int64 (unused without HAS_IDS)
+                 dst_ptr,  # gather: [N * K, P] contiguous; scatter: the image (only the listed patches are written)
+                 M, K, P, C, p, grid_w, s_n, s_c, s_h, s_w,
+                 TO_IMAGE: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Copies patch vectors between the image and their rows: a gather, or with TO_IMAGE a scatter."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = (rows < M)[:, None] & (cols < P)[None, :]
-    src = _patch_offsets(rows, cols, ids_ptr, rows < M, K, C, p, grid_w, s_n, s_c, s_h, s_w, HAS_IDS)
-    tl.store(out_ptr + rows[:, None] * P + cols[None, :], tl.load(img_ptr + src, mask=mask), mask=mask)
-
-
-@triton.jit
-def _scatter_kernel(src_ptr,  # [N * K, P] contiguous
-                    ids_ptr,  # [N * K] int64 (unused without HAS_IDS)
-                    img_ptr,  # [N, C, H, W] with strides s_* (only the listed patches are written)
-                    M, K, P, C, p, grid_w, s_n, s_c, s_h, s_w,
-                    HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = (rows < M)[:, None] & (cols < P)[None, :]
-    dst = _patch_offsets(rows, cols, ids_ptr, rows < M, K, C, p, grid_w, s_n, s_c, s_h, s_w, HAS_IDS)
-    tl.store(img_ptr + dst, tl.load(src_ptr + rows[:, None] * P + cols[None, :], mask=mask), mask=mask)
+    pixel = _patch_offsets(rows, cols, ids_ptr, rows < M, K, C, p, grid_w, s_n, s_c, s_h, s_w, HAS_IDS)
+    row = rows[:, None] * P + cols[None, :]
+    if TO_IMAGE:
+        tl.store(dst_ptr + pixel, tl.load(src_ptr + row, mask=mask), mask=mask)
+    else:
+        tl.store(dst_ptr + row, tl.load(src_ptr + pixel, mask=mask), mask=mask)
 
 
 def _blocks(M, P):
@@ -54,7 +46,7 @@ def _blocks(M, P):
     return block_m, block_p, (triton.cdiv(M, block_m), triton.cdiv(P, block_p))
 
 
-def _launch(kernel, src, ids, dst, img, N, K, p):
+def _launch(to_image, src, ids, dst, img, N, K, p):
     C, W = img.shape[1], img.shape[3]
     P, M = p * p * C, N * K
     if M == 0 or P == 0:
@@ -62,8 +54,8 @@ def _launch(kernel, src, ids, dst, img, N, K, p):
     block_m, block_p, grid = _blocks(M, P)
     has_ids = ids is not None
     ids = ids.contiguous() if has_ids else src  # any pointer when unused
-    kernel[grid](src, ids, dst, M, K, P, C, p, W // p, *img.stride(),
-                 HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p)
+    _copy_kernel[grid](src, ids, dst, M, K, P, C, p, W // p, *img.stride(),
+                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p)
 
 
 def gather(imgs, ids_keep, p):
@@ -71,7 +63,7 @@ def gather(imgs, ids_keep, p):
     N, C, H, W = imgs.shape
     K = ids_keep.shape[1] if ids_keep is not None else (H // p) * (W // p)
     out = torch.empty(N, K, p * p * C, dtype=imgs.dtype, device=imgs.device)
-    _launch(_gather_kernel, imgs, ids_keep, out, imgs, N, K, p)
+    _launch(False, imgs, ids_keep, out, imgs, N, K, p)
     return out
 
 
@@ -83,5 +75,5 @@ def scatter(patches, ids_keep, p, H, W):
     C = P // (p * p)
     make = torch.zeros if ids_keep is not None else torch.empty
     img = make(N, C, H, W, dtype=patches.dtype, device=patches.device)
-    _launch(_scatter_kernel, patches, ids_keep, img, img, N, K, p)
+    _launch(True, patches, ids_keep, img, img, N, K, p)
     return img

@@ -7,15 +7,10 @@
 
 #include <cstdint>
 
+#include "masked_mse_loss_geometry.h"
+
 namespace mae_kernels {
 namespace cuda {
-
-struct MseRowsParams {
-  int64_t R, L, P, C, p, H, W, w_patches;
-  int64_t s_n, s_c, s_h, s_w;  // imgs strides (elements)
-  bool norm;
-  float eps;
-};
 
 // Sum over the block, returned to every thread. `shared` holds one float per warp; kThreads % 32 == 0.
 template <int kThreads>
@@ -32,7 +27,7 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
 }
 
 // Offset in imgs of patch-vector element i = (pr * p + pc) * C + c of the patch at (y0, x0) of sample n.
-__device__ __forceinline__ int64_t src_offset(const MseRowsParams& g, int64_t n, int64_t y0, int64_t x0,
+__device__ __forceinline__ int64_t src_offset(const MseLossGeometry& g, int64_t n, int64_t y0, int64_t x0,
                                               int64_t i, int64_t* dst) {
   // 32-bit division (P < 2^31, checked by the launcher), 64-bit addresses.
   const int ii = static_cast<int>(i), C = static_cast<int>(g.C), p = static_cast<int>(g.p);
@@ -47,7 +42,7 @@ __device__ __forceinline__ int64_t src_offset(const MseRowsParams& g, int64_t n,
 // contiguous, zero-filled. Grid: N * R blocks of kThreads threads.
 template <typename pred_t, typename img_t, int kThreads>
 __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
-    MseRowsParams g, const pred_t* __restrict__ pred, const img_t* __restrict__ imgs,
+    MseLossGeometry g, const pred_t* __restrict__ pred, const img_t* __restrict__ imgs,
     const float* __restrict__ mask, const int64_t* __restrict__ ids, const float* __restrict__ scale_ptr,
     float* __restrict__ partial, pred_t* __restrict__ grad_pred, img_t* __restrict__ grad_imgs) {
   __shared__ float shared[kThreads / 32];
