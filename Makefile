@@ -46,12 +46,17 @@ bench-compare: install
 gpu-check:
 	bash python/gpu_check.sh "$(GPU_RESULTS_DIR)"
 
-# Second GPU call: every op against torch.compile of the reference too (its compilations take minutes).
+# Second GPU call (after gpu-check): the comparisons with torch.compile, whose compilations take minutes: the
+# whole training step with all four providers (ViT-B/16, then ViT-L/16 as time allows) and every op in `full` mode.
 gpu-compare:
 	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 python3 setup.py -q build_ext --inplace
-	TRITON_INTERPRET=0 timeout -s INT 560 python3 -m mae_kernels bench --providers reference,compile,triton,cuda \
-	  --modes forward,full --out bench/results/compare --note "make gpu-compare"; rc=$$?; \
-	  if [ -n "$(GPU_RESULTS_DIR)" ]; then mkdir -p "$(GPU_RESULTS_DIR)" && cp bench/results/compare/* "$(GPU_RESULTS_DIR)/"; fi; exit $$rc
+	export TRITON_INTERPRET=0; rc=0; \
+	timeout -s INT 300 python3 -m mae_kernels bench-step --out bench/results/compare --time-budget 230 \
+	  --note "make gpu-compare" || rc=1; \
+	timeout -s INT 230 python3 -m mae_kernels bench --providers reference,compile,triton,cuda --modes full \
+	  --out bench/results/compare --note "make gpu-compare" || rc=1; \
+	if [ -n "$(GPU_RESULTS_DIR)" ]; then mkdir -p "$(GPU_RESULTS_DIR)" && cp bench/results/compare/* "$(GPU_RESULTS_DIR)/"; fi; \
+	exit $$rc
 
 clean:
 	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV)
