@@ -179,8 +179,13 @@ def measure(step, device, leaves=(), warmup_ms=25.0, rep_ms=100.0, min_reps=5, m
             t0 = time.perf_counter()
             step()
             times.append((time.perf_counter() - t0) * 1e3)
+    return {**quantiles(times), "reps": reps}
+
+
+def quantiles(times):
+    """{median_ms, p20_ms, p80_ms} of a list of times in ms."""
     q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
-    return {"median_ms": q[0].item(), "p20_ms": q[1].item(), "p80_ms": q[2].item(), "reps": reps}
+    return {"median_ms": q[0].item(), "p20_ms": q[1].item(), "p80_ms": q[2].item()}
 
 
 def peak_memory_mb(step, device, leaves=()):

@@ -77,12 +77,6 @@ def make_inputs(config, batch, device, seed=0):
     return state, imgs, noise
 
 
-def param_groups(model, weight_decay):
-    """No weight decay on biases and 1-D parameters (norm weights), as the reference (timm's add_weight_decay)."""
-    from ..pretrain import param_groups as groups
-    return groups(model, weight_decay)
-
-
 class TrainStep:
     """One provider's model and optimizer; step() runs one training step and returns the loss (a tensor)."""
 
@@ -96,6 +90,7 @@ class TrainStep:
         model.load_state_dict(state)
         self.model = model.to(self.device).train()
         self.net = torch.compile(self.model) if provider.endswith("compile") else self.model
+        from ..pretrain import param_groups  # the reference's groups; imported here: pretrain needs numpy
         lr = BLR * imgs.shape[0] / 256
         self.optimizer = torch.optim.AdamW(param_groups(self.model, WEIGHT_DECAY), lr=lr, betas=(0.9, 0.95))
         self.amp = autocast_dtype(self.device)
@@ -159,11 +154,6 @@ def cpu_step_peak_mb(step):
     return peak / 1e6 if records else None
 
 
-def quantiles(times):
-    q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
-    return {"median_ms": q[0].item(), "p20_ms": q[1].item(), "p80_ms": q[2].item()}
-
-
 def free_device_memory(device):
     gc.collect()
     if torch.device(device).type == "cuda":
@@ -225,7 +215,7 @@ class _Run:
         self.row["times_ms"] += times
         if cpu_times is not None:
             self.row.setdefault("cpu_times_ms", []).extend(cpu_times)
-        self.row["round_medians_ms"].append(quantiles(times)["median_ms"])
+        self.row["round_medians_ms"].append(harness.quantiles(times)["median_ms"])
         return True
 
     def finish(self):
@@ -247,14 +237,14 @@ class _Run:
         except Exception as e:  # noqa: BLE001
             _failed(row, e)
         if row["status"] == "ok":
-            stats = quantiles(row["times_ms"])
+            stats = harness.quantiles(row["times_ms"])
             batch = row["batch"]
             row.update(stats, steps=len(row["times_ms"]), rounds=len(row["round_medians_ms"]),
                        images_per_s=batch / stats["median_ms"] * 1e3,
                        images_per_s_p20=batch / stats["p80_ms"] * 1e3,  # the slower steps: fewer images/s
                        images_per_s_p80=batch / stats["p20_ms"] * 1e3)
             if row.get("cpu_times_ms"):
-                row["cpu_ms_median"] = quantiles(row["cpu_times_ms"])["median_ms"]
+                row["cpu_ms_median"] = harness.quantiles(row["cpu_times_ms"])["median_ms"]
         self.close()
 
     def close(self):

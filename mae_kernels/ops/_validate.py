@@ -113,27 +113,35 @@ def _row_text(row, limit=16):
     return f"{values[:limit]}{' ...' if len(values) > limit else ''}"
 
 
+def _debug_check_applies(t):
+    """The structure checks run in debug mode, in eager mode, on tensors that hold data."""
+    return debug_enabled() and _has_data(t) and not torch.compiler.is_compiling()
+
+
+def _first_bad_row(bad):
+    """Index of the first True in bad [N] (one host sync), or None."""
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
 def check_distinct_rows(name, ids):
     """Debug mode: no value repeats within a row of ids [N, K] (MAE keeps each patch at most once)."""
-    if not (debug_enabled() and _has_data(ids)) or torch.compiler.is_compiling() or ids.shape[1] < 2:
+    if not _debug_check_applies(ids) or ids.shape[1] < 2:
         return
     s = torch.sort(ids, dim=1).values
-    bad = (s[:, 1:] == s[:, :-1]).any(dim=1)
-    if bool(bad.any()):
-        n = int(bad.nonzero()[0, 0])
+    n = _first_bad_row((s[:, 1:] == s[:, :-1]).any(dim=1))
+    if n is not None:
         raise ValueError(f"{name} must hold distinct patch indices within each row (MAE_KERNELS_DEBUG=1 check), "
                          f"got row {n}: {_row_text(ids[n])}")
 
 
 def check_permutation_rows(name, ids):
     """Debug mode: every row of ids [N, L] is a permutation of 0..L-1."""
-    if not (debug_enabled() and _has_data(ids)) or torch.compiler.is_compiling():
+    if not _debug_check_applies(ids):
         return
     N, L = ids.shape
     expected = torch.arange(L, device=ids.device).expand(N, L)
-    bad = (torch.sort(ids, dim=1).values != expected).any(dim=1)
-    if bool(bad.any()):
-        n = int(bad.nonzero()[0, 0])
+    n = _first_bad_row((torch.sort(ids, dim=1).values != expected).any(dim=1))
+    if n is not None:
         raise ValueError(f"{name} must hold a permutation of 0..{L - 1} in every row, got row {n}: "
                          f"{_row_text(ids[n])}")
 
@@ -148,10 +156,9 @@ def check_ids_keep(ids_keep, N, L, device):
 def check_mask_zero_on_kept(mask, ids_shuffle, K):
     """Debug mode: mask [N, L] is 0 on the kept patches ids_shuffle[:, :K] (masked_mse_loss's removed-only
     layout gives them no prediction row). Call after check_permutation_rows (the gather needs valid ids)."""
-    if not (debug_enabled() and _has_data(mask)) or torch.compiler.is_compiling() or K == 0:
+    if not _debug_check_applies(mask) or K == 0:
         return
-    bad = (mask.gather(1, ids_shuffle[:, :K]) != 0).any(dim=1)
-    if bool(bad.any()):
-        n = int(bad.nonzero()[0, 0])
+    n = _first_bad_row((mask.gather(1, ids_shuffle[:, :K]) != 0).any(dim=1))
+    if n is not None:
         raise ValueError(f"mask must be 0 on the kept patches ids_shuffle[:, :K] (K = L - pred rows = {K}: they "
                          f"have no prediction row), got nonzero values at kept patches in row {n}")

@@ -92,9 +92,9 @@ def _autocast(imgs, weight, bias):
     return imgs, weight, bias
 
 
-def _check_weight(weight, device, dtypes=FLOAT_DTYPES):
+def _check_weight(weight, device):
     """weight [D, C, p, p] (D, C, p >= 1) on `device`; returns (D, C, p)."""
-    check_tensor("weight", weight, ndim=4, dtypes=dtypes, device=device)
+    check_tensor("weight", weight, ndim=4, dtypes=FLOAT_DTYPES, device=device)
     D, C, p, p2 = weight.shape
     if p != p2 or min(D, C, p) < 1:
         raise ValueError(f"weight must be a Conv2d patch embedding weight [D, C, p, p] with D, C, p >= 1, got "
@@ -153,13 +153,12 @@ def random_masked_patch_embed(imgs, weight, bias, pos_embed, mask_ratio, noise=N
     """The MAE encoder front end in one call: random masking indices (mae_kernels.random_mask_indices), then
     masked_patch_embed of the kept patches. Returns (tokens [N, K, D], mask [N, L] float32 with 1 = removed,
     ids_restore [N, L] int64, ids_keep [N, K] int64), K = int(L * (1 - mask_ratio))."""
-    check_tensor("imgs", imgs, ndim=4)
-    _, _, p = _check_weight(weight, imgs.device, dtypes=None)  # the dtype is checked after autocast
-    check_images("imgs", imgs, p)
     check_mask_ratio(mask_ratio)
+    check_tensor("imgs", imgs, ndim=4)
     N, _, H, W = imgs.shape
     no_ids = torch.empty(N, 0, dtype=torch.int64, device=imgs.device)
     imgs, weight, bias = _prepare(imgs, no_ids, weight, bias, pos_embed)  # everything checked before any kernel
+    p = weight.shape[-1]
     ids_keep, ids_restore, mask = random_mask_indices(N, (H // p) * (W // p), mask_ratio, noise=noise,
                                                       generator=generator, device=imgs.device)
     tokens = _run(imgs, ids_keep, weight, bias, pos_embed)  # ids_keep valid by construction: no sync
