@@ -14,6 +14,14 @@ if INTERPRET:
 import pytest  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
+
+# MAE_KERNELS_CUDA_EMULATION=1 (tests/test_cuda_emulation.py): the compiled ops on CPU tensors run csrc/cuda's
+# host code and kernels in the CUDA emulator, so the `cpu` backend's tests test the CUDA sources.
+EMULATION = os.environ.get("MAE_KERNELS_CUDA_EMULATION") == "1"
+if EMULATION:
+    from cuda_emulation import build as _emulation
+
+    _emulation.load()
 # Raised (backends.triton_problem) when Triton is asked to run on CPU tensors without the interpreter.
 _NO_INTERPRETER = "CPU tensors need the Triton interpreter"
 
@@ -34,10 +42,21 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if EMULATION:  # only what runs the compiled ops on CPU tensors: the emulated CUDA code
+        def other_backend(item):
+            params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+            return ("gpu" in item.keywords or "triton" in item.originalname
+                    or any(isinstance(v, str) and v in ("triton", "reference", "cuda") for v in params))
+        other = [i for i in items if other_backend(i)]
+        config.hook.pytest_deselected(items=other)
+        items[:] = [i for i in items if i not in other]
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_emulation = pytest.mark.skip(reason="runs in tests/test_cuda_emulation.py's emulated session")
     for item in items:
         if "gpu" in item.keywords and not HAS_GPU:
             item.add_marker(skip_gpu)
+        if "cuda_emulation" in item.keywords and not EMULATION:
+            item.add_marker(skip_emulation)
 
 
 @pytest.hookimpl(hookwrapper=True)

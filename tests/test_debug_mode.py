@@ -7,6 +7,7 @@ import torch
 
 import mae_kernels
 from mae_kernels import reference
+from mae_kernels.ops import _validate
 
 CPU_BACKENDS = ["cpu", "triton", "reference"]
 N, C, H, W, P_SIZE, D = 2, 3, 8, 6, 2, 8
@@ -176,3 +177,17 @@ def test_gpu_debug_mode_rejects_bad_indices(debug, backend, what, call, regex):
     with mae_kernels.use_backend(backend), pytest.raises(ValueError, match=regex):
         call("cuda")()
     torch.cuda.synchronize()  # nothing was launched with the bad indices: no device-side error pending
+
+
+def test_range_check_is_an_async_assert_while_a_cuda_graph_is_captured(no_debug, monkeypatch):
+    """A host sync is illegal during a CUDA graph capture: the range check becomes torch._assert_async there
+    (on CPU tensors, as here, it raises at once; on CUDA, a device-side assert at replay)."""
+    calls, _assert_async = [], torch._assert_async
+    monkeypatch.setattr(torch, "_assert_async", lambda *args: calls.append(args) or _assert_async(*args))
+    monkeypatch.setattr(_validate, "cuda_graph_capturing", lambda t: True)
+    imgs, ids = torch.randn(2, 3, 8, 8), torch.tensor([[0, 3], [1, 4]])
+    with pytest.raises(RuntimeError):
+        mae_kernels.masked_patchify(imgs, ids, 4)
+    assert len(calls) == 1
+    ok = mae_kernels.masked_patchify(imgs, ids.clamp(max=3), 4)
+    assert torch.equal(ok, reference.masked_patchify(imgs, ids.clamp(max=3), 4))

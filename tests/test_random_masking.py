@@ -182,6 +182,41 @@ def test_gpu_noise_none_uniform(backend):
     assert float((freq - keep / L).abs().max()) < 0.041, freq
 
 
+def test_noise_drawn_with_torch_rand_while_a_cuda_graph_is_captured(monkeypatch):
+    # A (seed, offset) read from the generator at capture would be frozen into the graph: every replay would draw
+    # the same masks. While capturing, the noise comes from torch.rand, which CUDA graphs replay with fresh numbers.
+    monkeypatch.setattr(rm_ops, "cuda_graph_capturing", lambda t: True)
+    x = torch.randn(3, 50, 4)
+    with use_backend("triton"):
+        torch.manual_seed(7)
+        got = random_masking(x, 0.75)
+    torch.manual_seed(7)
+    want = reference.random_masking(x, 0.75, torch.rand(3, 50))
+    for name, u, v in zip(("x_masked", "mask", "ids_restore"), got, want):
+        _assert_equal(name, u, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_cuda_graph_replays_draw_new_masks(backend):
+    x = torch.randn(8, 196, 16, device="cuda")
+    with use_backend(backend):
+        random_masking(x, 0.75)  # compile / warm up outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            x_masked, mask, ids_restore = random_masking(x, 0.75)
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(torch.sort(ids_restore, dim=1).values, torch.arange(196, device="cuda").expand(8, -1))
+        _assert_equal("x_masked", x_masked, torch.gather(x, 1, torch.argsort(ids_restore, dim=1)[:, :49, None]
+                                                         .expand(-1, -1, 16)))
+        masks.append(mask.clone())
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
 @pytest.mark.gpu
 def test_gpu_cuda_and_triton_draw_the_same_noise():
     x = torch.randn(4, 300, 8, device="cuda")
@@ -320,6 +355,19 @@ def _philox_uniform(seed, counters):
             k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
         out.append((c0 >> 8) / 16777216.0)
     return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.cuda_emulation
+@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])
+def test_cuda_noise_is_the_documented_philox_stream(seed, offset):
+    # The CUDA kernel run by the emulator (tests/test_cuda_emulation.py), whose compiled op then takes CPU tensors.
+    N, L, keep = 2, 300, 75
+    x = torch.randn(N, L, 3)
+    got = torch.ops.mae_kernels.random_masking(x, None, keep, seed, offset)
+    noise = _philox_uniform(seed, range(offset, offset + N * L)).view(N, L)
+    want = _reference(x, 0.75, noise)
+    for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
+        _assert_equal(name, u, v)
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])

@@ -133,3 +133,24 @@ def test_drawn_masks_on_second_gpu(backend):
             got = mae_kernels.random_masking(x, 0.75)
     for a, b in zip(got, want):
         assert a.device == x.device and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index", INDICES)
+def test_cuda_graph_capture_and_replay(backend, index):
+    """Forward and backward captured in a CUDA graph (no host sync inside: index ranges become async asserts)
+    and replayed give the eager results."""
+    case = _case(index)
+    want = oc.run(case, backend)  # eager (compiles the Triton kernels first)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+        for _ in range(2):
+            oc.run(case, backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = oc.run(case, backend)
+    graph.replay()
+    torch.cuda.synchronize()
+    oc.assert_results_equal(case, got, want)

@@ -94,11 +94,18 @@ def check_images(name, imgs, patch_size, dtypes=None, device=None):
 # --- index tensors ---------------------------------------------------------------------------------------
 
 
+def cuda_graph_capturing(t):
+    """True while a CUDA graph is captured on the current stream of t's CUDA device: no host syncs then (they are
+    illegal), and nothing read on the host that the graph's replays should see change."""
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def check_index_range(name, ids, L, what="patch indices"):
-    """Values of ids in [0, L): always (one host sync in eager mode, an async assert under torch.compile)."""
+    """Values of ids in [0, L): always (one host sync in eager mode, an async assert under torch.compile or while
+    a CUDA graph is captured)."""
     if not _has_data(ids):
         return
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or cuda_graph_capturing(ids):
         torch._assert_async(((ids >= 0) & (ids < L)).all(), f"{name} values must be {what} in [0, {L})")
         return
     lo, hi = torch.aminmax(ids)
@@ -114,8 +121,9 @@ def _row_text(row, limit=16):
 
 
 def _debug_check_applies(t):
-    """The structure checks run in debug mode, in eager mode, on tensors that hold data."""
-    return debug_enabled() and _has_data(t) and not torch.compiler.is_compiling()
+    """The structure checks run in debug mode, in eager mode outside CUDA graph captures, on tensors with data."""
+    return (debug_enabled() and _has_data(t) and not torch.compiler.is_compiling()
+            and not cuda_graph_capturing(t))
 
 
 def _first_bad_row(bad):

@@ -14,7 +14,7 @@ from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
 from ._rng import seed_offset
-from ._validate import check_int, check_mask_ratio, check_tensor
+from ._validate import check_int, check_mask_ratio, check_tensor, cuda_graph_capturing
 
 # Longest row the cuda and triton kernels sort (one block / program per row; csrc/cuda/kernels/random_masking.cuh
 # and mae_kernels/triton/random_masking.py hold the same number).
@@ -102,8 +102,9 @@ def _run(x, mask_ratio, noise, generator):
         return x_masked, mask, ids_restore, torch.argsort(noise, dim=1, stable=True)[:, :keep]
     seed = offset = 0
     if noise is None:
-        if backend == "cpu" or torch.compiler.is_compiling():
-            # The official torch.rand noise: identical masks to the reference for the same seed (and traceable).
+        if backend == "cpu" or torch.compiler.is_compiling() or cuda_graph_capturing(x):
+            # The official torch.rand noise: identical masks to the reference for the same seed, traceable, and
+            # fresh at every CUDA graph replay (a seed/offset pair read here would be frozen into the graph).
             noise = torch.rand(N, L, device=x.device, generator=generator)
         else:
             seed, offset = seed_offset(x.device, generator, N * L)  # one counter per element

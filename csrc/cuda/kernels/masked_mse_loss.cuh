@@ -13,8 +13,9 @@ namespace mae_kernels {
 namespace cuda {
 
 // Sum over the block, returned to every thread. `shared` holds one float per warp; kThreads % 32 == 0.
-template <int kThreads>
-__device__ __forceinline__ float block_sum(float v, float* shared) {
+// (Shared is float*; the CUDA emulator of tests/cuda_emulation passes its checked shared array instead.)
+template <int kThreads, typename Shared>
+__device__ __forceinline__ float block_sum(float v, Shared shared) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();  // `shared` may still be read by a previous call
