@@ -23,18 +23,30 @@ _OP_SUITES = ["test_random_masking.py", "test_patchify.py", "test_masked_patch_e
               "test_nonfinite.py", "test_properties.py", "test_determinism.py", "test_validation.py",
               "test_debug_mode.py"]
 _WHOLE_SUITE = ["."]
+_ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0"  # fibers switch stacks: no fake stacks
+
+
+def _libasan():
+    """Paths to preload for AddressSanitizer in a Python process (libstdc++ too: ASan must see its __cxa_throw)."""
+    libs = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+            for name in ("libasan.so", "libstdc++.so.6")]
+    return " ".join(libs) if all(os.path.isfile(p) for p in libs) else None
+
+
+def _compile_selftest(out_dir, *flags):
+    from cuda_emulation import build
+
+    (out_dir / "selftest.cpp").write_text(build.rewrite((EMULATION / "selftest.cpp").read_text()))
+    proc = subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-w", *flags, f"-I{EMULATION}",
+                           str(out_dir / "selftest.cpp"), "-o", str(out_dir / "selftest.so")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out_dir / "selftest.so"
 
 
 @pytest.fixture(scope="module")
 def selftest(tmp_path_factory):
-    from cuda_emulation import build
-
-    out = tmp_path_factory.mktemp("cuda_emulation")
-    (out / "selftest.cpp").write_text(build.rewrite((EMULATION / "selftest.cpp").read_text()))
-    proc = subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-w", f"-I{EMULATION}",
-                           str(out / "selftest.cpp"), "-o", str(out / "selftest.so")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    lib = ctypes.CDLL(str(out / "selftest.so"))
+    lib = ctypes.CDLL(str(_compile_selftest(tmp_path_factory.mktemp("cuda_emulation"))))
     lib.run_case.restype = ctypes.c_char_p
     lib.run_case.argtypes = [ctypes.c_char_p]
     return lambda name, order="forward": _run_case(lib, name, order)
@@ -75,15 +87,38 @@ def test_thread_order_changes_which_write_wins(selftest):
     assert selftest("global_last_writer", "reverse") == "last writer 0"
 
 
+def test_asan_catches_global_out_of_bounds(tmp_path):
+    """The emulator cannot see global-memory bounds; AddressSanitizer (MAE_KERNELS_EMU_ASAN=1) does."""
+    preload = _libasan()
+    if preload is None:
+        pytest.skip("g++ has no libasan here: the emulated suite runs without AddressSanitizer")
+    lib = _compile_selftest(tmp_path, "-fsanitize=address", "-fno-omit-frame-pointer")
+    env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS=_ASAN_OPTIONS)
+    script = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.run_case.restype = ctypes.c_char_p; "
+              "print(lib.run_case(sys.argv[2].encode()).decode() or 'ok')")
+    ok = subprocess.run([sys.executable, "-c", script, str(lib), "block_sum"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr[-3000:]
+    bad = subprocess.run([sys.executable, "-c", script, str(lib), "global_out_of_bounds"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "heap-buffer-overflow" in bad.stderr, bad.stderr[-3000:]
+
+
+# The runs of the test suite against the emulated CUDA code: forward order, the whole suite; reverse order under
+# AddressSanitizer (global-memory bounds) and a shuffled order, the op and hardening suites.
 @pytest.mark.slow
-@pytest.mark.parametrize("order,suites", [("forward", _WHOLE_SUITE), ("reverse", _OP_SUITES),
-                                          ("shuffle", _OP_SUITES)])
-def test_cuda_sources_pass_the_cpu_backend_tests(order, suites):
+@pytest.mark.parametrize("order,asan,suites", [("forward", False, _WHOLE_SUITE), ("reverse", True, _OP_SUITES),
+                                               ("shuffle", False, _OP_SUITES)])
+def test_cuda_sources_pass_the_cpu_backend_tests(order, asan, suites):
     env = dict(os.environ, MAE_KERNELS_CUDA_EMULATION="1", MAE_KERNELS_EMU_ORDER=order, TRITON_INTERPRET="1")
     env.pop("MAE_KERNELS_BACKEND", None)
+    if asan:
+        preload = _libasan()
+        if preload is None:
+            pytest.skip("g++ has no libasan here (the same order without it runs in the other cases)")
+        env.update(MAE_KERNELS_EMU_ASAN="1", LD_PRELOAD=preload, ASAN_OPTIONS=_ASAN_OPTIONS)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "--ignore=test_cuda_emulation.py", "--ignore=test_triton_compile.py", *suites]
     proc = subprocess.run(cmd, cwd=TESTS, env=env, capture_output=True, text=True, timeout=1200)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0 and " passed" in summary and "failed" not in summary, (
-        f"emulated CUDA run ({order}) failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        f"emulated CUDA run ({order}{', ASan' if asan else ''}) failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")

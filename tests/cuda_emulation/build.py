@@ -69,12 +69,19 @@ def load(verbose=False):
 
     build = ROOT / "build" / "cuda_emulation"
     srcs = sources(build / "csrc")
-    (build / "lib").mkdir(parents=True, exist_ok=True)
+    # MAE_KERNELS_EMU_ASAN=1: AddressSanitizer on the emulated code (global-memory bounds; the process must run
+    # with libasan preloaded, as tests/test_cuda_emulation.py does).
+    asan = os.environ.get("MAE_KERNELS_EMU_ASAN") == "1"
+    lib = build / ("lib-asan" if asan else "lib")
+    lib.mkdir(parents=True, exist_ok=True)
+    flags = ["-O1", "-include", str(HERE / "stubs" / "emu_host.h")]
+    if asan:
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cpp.load(name="mae_kernels_cuda_emulation", sources=srcs, build_directory=str(build / "lib"),
-                 extra_include_paths=[str(HERE / "stubs"), str(HERE), str(build / "csrc")],
-                 extra_cflags=["-O1", "-include", str(HERE / "stubs" / "emu_host.h")],
+        cpp.load(name="mae_kernels_cuda_emulation" + ("_asan" if asan else ""), sources=srcs,
+                 build_directory=str(lib), extra_include_paths=[str(HERE / "stubs"), str(HERE), str(build / "csrc")],
+                 extra_cflags=flags, extra_ldflags=["-fsanitize=address"] if asan else [],
                  is_python_module=False, verbose=verbose)
     return torch.ops.mae_kernels

@@ -84,6 +84,8 @@ __global__ void dynamic_shared(float* out) {
   out[threadIdx.x] = s[63 - threadIdx.x];
 }
 
+__global__ void global_out_of_bounds(float* out) { out[threadIdx.x + 1] = 0.0f; }  // one past the end
+
 float g_out[1024];
 
 std::string check_equal(float got, float want) {
@@ -106,6 +108,10 @@ std::string run(const std::string& name) {
   if (name == "global_last_writer") {
     emu::launch(emu::LaunchConfig(1, 64), global_last_writer, g_out);
     return "last writer " + std::to_string(static_cast<int>(g_out[0]));
+  }
+  if (name == "global_out_of_bounds") {  // caught by AddressSanitizer (MAE_KERNELS_EMU_ASAN), not by the emulator
+    std::vector<float> buffer(64);
+    emu::launch(emu::LaunchConfig(1, 64), global_out_of_bounds, buffer.data());
   }
   if (name == "empty_grid") emu::launch(emu::LaunchConfig(0, 64), no_race, g_out);
   if (name == "block_too_large") emu::launch(emu::LaunchConfig(1, 2048), no_race, g_out);
