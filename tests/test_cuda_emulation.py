@@ -6,6 +6,7 @@ The emulator's own checks are tested first, on kernels with known bugs (tests/cu
 import ctypes
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -108,7 +109,7 @@ def test_asan_catches_global_out_of_bounds(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("order,asan,suites", [("forward", False, _WHOLE_SUITE), ("reverse", True, _OP_SUITES),
                                                ("shuffle", False, _OP_SUITES)])
-def test_cuda_sources_pass_the_cpu_backend_tests(order, asan, suites):
+def test_cuda_sources_pass_the_cpu_backend_tests(order, asan, suites, tmp_path):
     env = dict(os.environ, MAE_KERNELS_CUDA_EMULATION="1", MAE_KERNELS_EMU_ORDER=order, TRITON_INTERPRET="1")
     env.pop("MAE_KERNELS_BACKEND", None)
     if asan:
@@ -116,9 +117,23 @@ def test_cuda_sources_pass_the_cpu_backend_tests(order, asan, suites):
         if preload is None:
             pytest.skip("g++ has no libasan here (the same order without it runs in the other cases)")
         env.update(MAE_KERNELS_EMU_ASAN="1", LD_PRELOAD=preload, ASAN_OPTIONS=_ASAN_OPTIONS)
+    stats = tmp_path / "launches.tsv"
+    env["MAE_KERNELS_EMU_STATS"] = str(stats)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "--ignore=test_cuda_emulation.py", "--ignore=test_triton_compile.py", *suites]
     proc = subprocess.run(cmd, cwd=TESTS, env=env, capture_output=True, text=True, timeout=1200)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0 and " passed" in summary and "failed" not in summary, (
         f"emulated CUDA run ({order}{', ASan' if asan else ''}) failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    # The emulated kernels really ran (not the CPU ones), every kernel of csrc/cuda/kernels.
+    launched = stats.read_text() if stats.exists() else ""
+    missing = [k for k in _cuda_kernels() if f"{k}<" not in launched and f"{k}(" not in launched]
+    assert not missing, f"kernels never launched in the emulated run: {missing}\n{launched}"
+
+
+def _cuda_kernels():
+    names = []
+    for header in sorted((ROOT / "csrc" / "cuda" / "kernels").glob("*.cuh")):
+        names += re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", header.read_text())
+    assert names, "no __global__ kernel found in csrc/cuda/kernels"
+    return names

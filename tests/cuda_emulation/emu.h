@@ -13,6 +13,8 @@
 // results that depend on it reveal races in global memory.
 #pragma once
 
+#include <cxxabi.h>
+#include <dlfcn.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <exception>
 #include <functional>
 #include <map>
@@ -404,8 +407,32 @@ inline void run_block(Block& b, const std::function<void()>& body, Order ord, st
   }
 }
 
+// Launches per kernel, written at exit to the file MAE_KERNELS_EMU_STATS names ("count<TAB>kernel" lines), so
+// that a test can check the emulated kernels really ran.
+struct LaunchStats {
+  std::map<const void*, int64_t> counts;
+  ~LaunchStats() {
+    const char* path = std::getenv("MAE_KERNELS_EMU_STATS");
+    if (path == nullptr || counts.empty()) return;
+    std::ofstream out(path, std::ios::app);
+    for (const auto& [kernel, count] : counts) {
+      Dl_info info{};
+      std::string name = "?";
+      if (dladdr(kernel, &info) != 0 && info.dli_sname != nullptr) {
+        int status = 0;
+        char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+        name = status == 0 ? demangled : info.dli_sname;
+        std::free(demangled);
+      }
+      out << count << "\t" << name << "\n";
+    }
+  }
+};
+inline LaunchStats launch_stats;
+
 template <typename... P, typename... A>
 void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
+  ++launch_stats.counts[reinterpret_cast<const void*>(kernel)];
   const dim3 g = cfg.grid, t = cfg.threads;
   const int64_t threads = int64_t(t.x) * t.y * t.z;
   if (int64_t(g.x) * g.y * g.z == 0 || threads == 0) fail("invalid configuration: an empty grid or block");
