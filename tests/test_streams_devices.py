@@ -141,16 +141,23 @@ def test_cuda_graph_capture_and_replay(backend, index):
     """Forward and backward captured in a CUDA graph (no host sync inside: index ranges become async asserts)
     and replayed give the eager results."""
     case = _case(index)
-    want = oc.run(case, backend)  # eager (compiles the Triton kernels first)
+    seeds = []
+
+    def grad_outputs(outs):  # made on the device once, before the capture (a host-to-device copy can't be captured)
+        if not seeds:
+            seeds.extend(oc.upstream(o, 1234 + i) for i, o in enumerate(outs))
+        return seeds
+
+    want = oc.run(case, backend, grad_outputs=grad_outputs)  # eager (compiles the Triton kernels first)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
         for _ in range(2):
-            oc.run(case, backend)
+            oc.run(case, backend, grad_outputs=grad_outputs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        got = oc.run(case, backend)
+        got = oc.run(case, backend, grad_outputs=grad_outputs)
     graph.replay()
     torch.cuda.synchronize()
     oc.assert_results_equal(case, got, want)
