@@ -1,7 +1,8 @@
 // A small CUDA emulator for testing csrc/cuda on a machine without a GPU: tests/cuda_emulation/build.py compiles
 // the real .cu/.cuh sources as C++ against this header (force-included) and the stub CUDA headers beside it.
 //
-// Every CUDA thread of a block runs as a fiber (its own stack) on one OS thread; blocks run one after another.
+// Every CUDA thread of a block runs as a fiber (its own stack) on one OS thread; blocks are spread over a few OS
+// threads (MAE_KERNELS_EMU_THREADS), each running its blocks one after another.
 // __syncthreads() and the warp shuffles switch fibers, so barrier and shuffle semantics are those of a GPU, and
 // the emulator checks what a GPU would not tell you:
 //  - launch configurations (empty grids, block and grid limits, shared memory sizes and the opt-in attribute);
@@ -27,11 +28,13 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -155,6 +158,7 @@ struct Block {
   std::vector<Shadow> shadow;
   std::map<int, int64_t> static_sites;  // call site -> offset in the arena
   std::vector<unsigned char> shuffle;   // 16 bytes per lane
+  std::vector<char*> stacks;            // one per thread
 };
 
 inline thread_local Block* tl_block = nullptr;
@@ -311,9 +315,39 @@ inline Order order() {
   fail("MAE_KERNELS_EMU_ORDER must be forward, reverse or shuffle, got " + s);
 }
 
-inline std::vector<char*>& stack_pool() {
-  static thread_local std::vector<char*> pool;
+// Fiber stacks, reused across launches and worker threads.
+class StackPool {
+ public:
+  std::vector<char*> take(size_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<char*> out;
+    while (out.size() < n && !free_.empty()) {
+      out.push_back(free_.back());
+      free_.pop_back();
+    }
+    while (out.size() < n) out.push_back(static_cast<char*>(std::malloc(kStackBytes)));
+    return out;
+  }
+  void give(const std::vector<char*>& stacks) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.insert(free_.end(), stacks.begin(), stacks.end());
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<char*> free_;
+};
+
+inline StackPool& stack_pool() {
+  static StackPool pool;
   return pool;
+}
+
+// OS threads that run blocks at once (MAE_KERNELS_EMU_THREADS, default: the machine's cores, at most 8).
+inline int worker_threads() {
+  const char* v = std::getenv("MAE_KERNELS_EMU_THREADS");
+  const int n = v ? std::atoi(v) : static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, std::min(n, 8));
 }
 
 inline thread_local const std::function<void()>* tl_body = nullptr;
@@ -381,11 +415,9 @@ inline bool release(Block& b) {
 
 inline void run_block(Block& b, const std::function<void()>& body, Order ord, std::mt19937& rng) {
   const int n = static_cast<int>(b.fibers.size());
-  auto& pool = stack_pool();
-  while (static_cast<int>(pool.size()) < n) pool.push_back(static_cast<char*>(std::malloc(kStackBytes)));
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
-    f.stack = pool[i];
+    f.stack = b.stacks[i];
     f.state = State::kRunnable;
     start_context(f.ctx, f.stack, kStackBytes, fiber_entry);
   }
@@ -451,41 +483,56 @@ void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
     std::apply(kernel, copy);
   };
   const Order ord = order();
-  std::mt19937 rng(12345);
-  Block b;
-  b.block_dim = t;
-  b.grid_dim = g;
-  b.dynamic_bytes = cfg.shared_bytes;
-  b.limit_bytes = std::max<int64_t>(limit, cfg.shared_bytes);
-  b.arena.resize(static_cast<size_t>(b.limit_bytes) + 16);
-  b.shadow.resize(b.arena.size());
-  b.shuffle.resize(static_cast<size_t>(threads) * 16);
-  b.fibers.resize(static_cast<size_t>(threads));
-  for (int64_t i = 0; i < threads; ++i) {
-    b.fibers[i].linear = static_cast<int>(i);
-    b.fibers[i].tid = {static_cast<unsigned>(i % t.x), static_cast<unsigned>(i / t.x % t.y),
-                       static_cast<unsigned>(i / (int64_t(t.x) * t.y))};
-  }
   const int64_t blocks = int64_t(g.x) * g.y * g.z;
-  Block* saved = tl_block;
-  tl_block = &b;
-  try {
-    for (int64_t k = 0; k < blocks; ++k) {
-      const int64_t i = ord == Order::kReverse ? blocks - 1 - k : k;
-      b.block_idx = {static_cast<unsigned>(i % g.x), static_cast<unsigned>(i / g.x % g.y),
-                     static_cast<unsigned>(i / (int64_t(g.x) * g.y))};
-      b.phase = 1;
-      b.used_bytes = b.dynamic_bytes;
-      b.static_sites.clear();
-      std::fill(b.arena.begin(), b.arena.end(), static_cast<unsigned char>(0xA5));  // garbage, as on a GPU
-      std::fill(b.shadow.begin(), b.shadow.end(), Shadow{});
-      run_block(b, body, ord, rng);
+  const int workers = static_cast<int>(std::min<int64_t>(blocks, worker_threads()));
+  std::vector<std::exception_ptr> errors(workers);
+  // Worker w runs blocks w, w + workers, ... (in reverse with MAE_KERNELS_EMU_ORDER=reverse).
+  auto work = [&](int w) {
+    Block b;
+    b.block_dim = t;
+    b.grid_dim = g;
+    b.dynamic_bytes = cfg.shared_bytes;
+    b.limit_bytes = std::max<int64_t>(limit, cfg.shared_bytes);
+    b.arena.assign(static_cast<size_t>(b.limit_bytes) + 16, 0xA5);  // garbage, as on a GPU
+    b.shadow.assign(b.arena.size(), Shadow{});
+    b.shuffle.resize(static_cast<size_t>(threads) * 16);
+    b.fibers.resize(static_cast<size_t>(threads));
+    for (int64_t i = 0; i < threads; ++i) {
+      b.fibers[i].linear = static_cast<int>(i);
+      b.fibers[i].tid = {static_cast<unsigned>(i % t.x), static_cast<unsigned>(i / t.x % t.y),
+                         static_cast<unsigned>(i / (int64_t(t.x) * t.y))};
     }
-  } catch (...) {
+    b.stacks = stack_pool().take(static_cast<size_t>(threads));
+    std::mt19937 rng(12345 + w);
+    Block* saved = tl_block;
+    tl_block = &b;
+    try {
+      const int64_t mine = (blocks - w + workers - 1) / workers;
+      for (int64_t j = 0; j < mine; ++j) {
+        const int64_t i = w + (ord == Order::kReverse ? mine - 1 - j : j) * workers;
+        b.block_idx = {static_cast<unsigned>(i % g.x), static_cast<unsigned>(i / g.x % g.y),
+                       static_cast<unsigned>(i / (int64_t(g.x) * g.y))};
+        b.phase = 1;
+        b.used_bytes = b.dynamic_bytes;
+        b.static_sites.clear();
+        run_block(b, body, ord, rng);
+        // Fresh garbage and history for the next block, over the bytes this one could touch.
+        std::fill_n(b.arena.begin(), b.used_bytes, static_cast<unsigned char>(0xA5));
+        std::fill_n(b.shadow.begin(), b.used_bytes, Shadow{});
+      }
+    } catch (...) {
+      errors[w] = std::current_exception();
+    }
     tl_block = saved;
-    throw;
+    stack_pool().give(b.stacks);
+  };
+  std::vector<std::thread> others;
+  for (int w = 1; w < workers; ++w) others.emplace_back(work, w);
+  work(0);
+  for (std::thread& th : others) th.join();
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);
   }
-  tl_block = saved;
 }
 
 template <typename F>
