@@ -229,6 +229,13 @@ def test_gpu_cuda_and_triton_draw_the_same_noise():
         _assert_equal(name, u, v)
 
 
+@pytest.mark.parametrize("L", [4096, 8192])
+def test_cpu_long_rows(L):
+    # Under the CUDA emulator (tests/test_cuda_emulation.py) this runs the CUDA kernel: L > 6144 needs 64 KiB of
+    # shared keys, above the 48 KiB a launch gets without the opt-in attribute.
+    _check("cpu", "cpu", 2, L, 12, 0.75, torch.bfloat16, noise=_tied_noise(2, L, "cpu"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("L", [4096, 8192])
