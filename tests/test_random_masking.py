@@ -124,6 +124,18 @@ def test_non_contiguous_x(backend, device):
     _assert_equal("ids_restore", ids_restore, want[2])
 
 
+@pytest.mark.parametrize("backend,device", CPU_BACKENDS + [("triton", "cpu")] + GPU_BACKENDS)
+@pytest.mark.parametrize("dtype,D", [(torch.uint8, 3), (torch.bool, 5), (torch.int16, 7), (torch.int64, 2)])
+def test_integer_and_bool_x(backend, device, dtype, D):
+    # Rows of odd byte counts take the kernels' narrowest copy words (1 byte for uint8 and bool).
+    x = torch.randint(0, 2 if dtype == torch.bool else 100, (3, 20, D), device=device).to(dtype)
+    noise = torch.rand(3, 20, device=device)
+    with use_backend(backend):
+        got = random_masking(x, 0.5, noise=noise)
+    for name, u, v in zip(("x_masked", "mask", "ids_restore"), got, _reference(x, 0.5, noise)):
+        _assert_equal(name, u, v)
+
+
 @pytest.mark.parametrize("L,ratio,keep", [(196, 0.75, 49), (196, 0.9, 19), (50, 0.9, 4), (10, 0.9, 0),
                                           (196, 0.0, 196), (1, 0.5, 0), (1, 0.0, 1)])
 @pytest.mark.parametrize("backend,device", CPU_BACKENDS + [("triton", "cpu")] + GPU_BACKENDS)
