@@ -115,7 +115,7 @@ def test_cuda_sources_pass_the_cpu_backend_tests(order, asan, suites, tmp_path):
     if asan:
         preload = _libasan()
         if preload is None:
-            pytest.skip("g++ has no libasan here (the same order without it runs in the other cases)")
+            pytest.skip("g++ has no libasan here: no AddressSanitizer run of the emulated kernels")
         env.update(MAE_KERNELS_EMU_ASAN="1", LD_PRELOAD=preload, ASAN_OPTIONS=_ASAN_OPTIONS)
     stats = tmp_path / "launches.tsv"
     env["MAE_KERNELS_EMU_STATS"] = str(stats)
