@@ -72,6 +72,7 @@ def _run_case(lib, name, order):
     ("partial_warp_shuffle", "a warp shuffle's mask names an exited lane"),
     ("shared_out_of_bounds", "shared-memory index 64 out of bounds [0, 64)"),
     ("uninitialised_read", "read of uninitialised shared memory"),
+    ("above_launch_bounds", "launch of 256 threads per block above the kernel's __launch_bounds__(128)"),
     ("empty_grid", "invalid configuration"),
     ("block_too_large", "invalid configuration"),
     ("dynamic_shared_over_default", "above the kernel's limit of 49152"),
@@ -81,7 +82,7 @@ def test_emulator_catches(selftest, case, error):
     assert error in selftest(case)
 
 
-@pytest.mark.parametrize("case", ["no_race", "block_sum", "dynamic_shared_opt_in"])
+@pytest.mark.parametrize("case", ["no_race", "block_sum", "dynamic_shared_opt_in", "within_launch_bounds"])
 def test_emulator_passes_correct_kernels(selftest, case):
     assert selftest(case) == ""
 

@@ -1,7 +1,7 @@
 """Builds csrc/cuda as C++ for the CUDA emulator (emu.h) and loads it in place of the compiled CPU kernels.
 
 The real .cu/.cuh sources are copied with a few mechanical rewrites (kernel launches, __shared__ declarations,
-`is_cuda()`, and the dispatch key CUDA -> CPU), compiled with g++ against emu.h and the stub CUDA headers in
+__launch_bounds__ as a check in the kernel, `is_cuda()`, and the dispatch key CUDA -> CPU), compiled with g++ against emu.h and the stub CUDA headers in
 stubs/, and registered with TORCH_LIBRARY_IMPL(mae_kernels, CPU): once `load()` has run, every call of a
 compiled op on CPU tensors (the `cpu` backend) runs the CUDA host code and kernels, thread by thread.
 """
@@ -15,12 +15,24 @@ ROOT = HERE.parents[1]
 CSRC = ROOT / "csrc"
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\(([^()]*)\)\s*")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
 _SHARED = re.compile(r"__shared__\s+([\w:]+)\s+(\w+)\s*\[([^\]]+)\]\s*;")
 
 
+def _check_launch_bounds(text):
+    """`__launch_bounds__(n)` kernels check, in their first statement, that the launch has at most n threads."""
+    out, pos = [], 0
+    for m in _LAUNCH_BOUNDS.finditer(text):
+        body = text.index("{", m.end())
+        out += [text[pos:m.start()], text[m.end():body + 1], f" ::emu::check_launch_bounds({m.group(1)});"]
+        pos = body + 1
+    return "".join(out) + text[pos:]
+
+
 def rewrite(text):
     """The emulator's C++ for one CUDA source file."""
+    text = _check_launch_bounds(text)
     text = _LAUNCH.sub(lambda m: f"::emu::launch(::emu::LaunchConfig({m.group(2)}), {m.group(1)}, ", text)
     text = _EXTERN_SHARED.sub(r"auto \2 = ::emu::dynamic_shared<\1>();", text)
     sites = iter(range(1, 1 << 20))

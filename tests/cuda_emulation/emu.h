@@ -5,7 +5,8 @@
 // threads (MAE_KERNELS_EMU_THREADS), each running its blocks one after another.
 // __syncthreads() and the warp shuffles switch fibers, so barrier and shuffle semantics are those of a GPU, and
 // the emulator checks what a GPU would not tell you:
-//  - launch configurations (empty grids, block and grid limits, shared memory sizes and the opt-in attribute);
+//  - launch configurations (empty grids, block and grid limits, __launch_bounds__, shared memory sizes and the
+//    opt-in attribute);
 //  - every __syncthreads() of a phase is the same call site, reached by every live thread (else: divergence);
 //  - warp shuffles: every lane named in the mask arrives (else: deadlock or divergence);
 //  - shared memory: bounds of every access, reads of never-written bytes, and data races (two threads touching
@@ -44,7 +45,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(...)
+#define __launch_bounds__(...)  // build.py turns it into emu::check_launch_bounds in the kernel
 
 struct uint3 {
   unsigned x, y, z;
@@ -173,6 +174,16 @@ inline void yield() {
   Block& b = block();
   Fiber* f = b.current;
   switch_to(f->ctx, b.scheduler);
+}
+
+// A kernel declared __launch_bounds__(max_threads) fails to launch with more threads per block.
+inline void check_launch_bounds(int64_t max_threads) {
+  const dim3& t = block().block_dim;
+  const int64_t threads = int64_t(t.x) * t.y * t.z;
+  if (threads > max_threads) {
+    fail("launch of " + std::to_string(threads) + " threads per block above the kernel's __launch_bounds__(" +
+         std::to_string(max_threads) + ")");
+  }
 }
 
 inline const uint3& thread_idx() { return self().tid; }

@@ -77,6 +77,11 @@ __global__ void block_sum(float* out) {
 // Every thread writes the same global element: the value left depends on the order threads run in.
 __global__ void global_last_writer(float* out) { out[0] = static_cast<float>(threadIdx.x); }
 
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) bounded(float* out) {
+  out[threadIdx.x] = 1.0f;
+}
+
 __global__ void dynamic_shared(float* out) {
   extern __shared__ float s[];
   s[threadIdx.x] = 1.0f;
@@ -113,6 +118,8 @@ std::string run(const std::string& name) {
     std::vector<float> buffer(64);
     emu::launch(emu::LaunchConfig(1, 64), global_out_of_bounds, buffer.data());
   }
+  if (name == "within_launch_bounds") emu::launch(emu::LaunchConfig(1, 128), bounded<128>, g_out);
+  if (name == "above_launch_bounds") emu::launch(emu::LaunchConfig(1, 256), bounded<128>, g_out);
   if (name == "empty_grid") emu::launch(emu::LaunchConfig(0, 64), no_race, g_out);
   if (name == "block_too_large") emu::launch(emu::LaunchConfig(1, 2048), no_race, g_out);
   if (name == "dynamic_shared_over_default") emu::launch(emu::LaunchConfig(1, 64, 64 * 1024), dynamic_shared, g_out);
