@@ -90,6 +90,9 @@ def test_emulator_passes_correct_kernels(selftest, case):
 def test_thread_order_changes_which_write_wins(selftest):
     assert selftest("global_last_writer", "forward") == "last writer 63"
     assert selftest("global_last_writer", "reverse") == "last writer 0"
+    shuffled = selftest("global_last_writer", "shuffle")  # seeded: the same order at every launch
+    assert shuffled == selftest("global_last_writer", "shuffle") and shuffled != "last writer 63"
+    assert "MAE_KERNELS_EMU_ORDER must be forward, reverse or shuffle, got sideways" in selftest("no_race", "sideways")
 
 
 def test_asan_catches_global_out_of_bounds(tmp_path):
