@@ -1,9 +1,10 @@
 """Builds csrc/cuda as C++ for the CUDA emulator (emu.h) and loads it in place of the compiled CPU kernels.
 
 The real .cu/.cuh sources are copied with a few mechanical rewrites (kernel launches, __shared__ declarations,
-__launch_bounds__ as a check in the kernel, `is_cuda()`, and the dispatch key CUDA -> CPU), compiled with g++ against emu.h and the stub CUDA headers in
-stubs/, and registered with TORCH_LIBRARY_IMPL(mae_kernels, CPU): once `load()` has run, every call of a
-compiled op on CPU tensors (the `cpu` backend) runs the CUDA host code and kernels, thread by thread.
+__launch_bounds__ as a check in the kernel, `is_cuda()`, and the dispatch key CUDA -> CPU), compiled with g++
+against emu.h and the stub CUDA headers in stubs/, and registered with TORCH_LIBRARY_IMPL(mae_kernels, CPU):
+once `load()` has run, every call of a compiled op on CPU tensors (the `cpu` backend) runs the CUDA host code
+and kernels, thread by thread.
 """
 import os
 import pathlib
@@ -38,7 +39,7 @@ def rewrite(text):
     sites = iter(range(1, 1 << 20))
     text = _SHARED.sub(lambda m: f"auto {m.group(2)} = ::emu::static_shared<{m.group(1)}>({m.group(3)}, "
                                  f"{next(sites)});", text)
-    text = text.replace(".is_cuda()", ".is_cpu()").replace("->is_cuda()", "->is_cpu()")
+    text = text.replace("is_cuda()", "is_cpu()")
     text = text.replace("TORCH_LIBRARY_IMPL(mae_kernels, CUDA, m)", "TORCH_LIBRARY_IMPL(mae_kernels, CPU, m)")
     for left in ("<<<", ">>>", "__shared__"):
         if left in text:
@@ -73,8 +74,7 @@ def sources(out_dir):
 
 
 def load(verbose=False):
-    """Compiles (incrementally, with ninja) and loads the emulated CUDA kernels; returns the library's path."""
-    import torch
+    """Compiles (incrementally, with ninja) and loads the emulated CUDA kernels."""
     import torch.utils.cpp_extension as cpp
 
     import mae_kernels  # noqa: F401  (its own CPU kernels first: the emulated ones replace them)
@@ -96,4 +96,3 @@ def load(verbose=False):
                  build_directory=str(lib), extra_include_paths=[str(HERE / "stubs"), str(HERE), str(build / "csrc")],
                  extra_cflags=flags, extra_ldflags=["-fsanitize=address"] if asan else [],
                  is_python_module=False, verbose=verbose)
-    return torch.ops.mae_kernels

@@ -28,7 +28,6 @@
 #include <exception>
 #include <functional>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -132,7 +131,6 @@ enum class State { kRunnable, kBarrier, kWarp, kDone };
 
 struct Fiber {
   Context ctx;
-  char* stack = nullptr;
   uint3 tid{0, 0, 0};
   int linear = 0;
   State state = State::kRunnable;
@@ -428,9 +426,8 @@ inline void run_block(Block& b, const std::function<void()>& body, Order ord, st
   const int n = static_cast<int>(b.fibers.size());
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
-    f.stack = b.stacks[i];
     f.state = State::kRunnable;
-    start_context(f.ctx, f.stack, kStackBytes, fiber_entry);
+    start_context(f.ctx, b.stacks[i], kStackBytes, fiber_entry);
   }
   std::vector<int> sequence(n);
   std::iota(sequence.begin(), sequence.end(), 0);
@@ -503,7 +500,7 @@ void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
     b.block_dim = t;
     b.grid_dim = g;
     b.dynamic_bytes = cfg.shared_bytes;
-    b.limit_bytes = std::max<int64_t>(limit, cfg.shared_bytes);
+    b.limit_bytes = limit;  // >= the dynamic bytes (checked above)
     b.arena.assign(static_cast<size_t>(b.limit_bytes) + 16, 0xA5);  // garbage, as on a GPU
     b.shadow.assign(b.arena.size(), Shadow{});
     b.shuffle.resize(static_cast<size_t>(threads) * 16);
@@ -553,12 +550,6 @@ cudaError_t func_set_attribute(F* kernel, cudaFuncAttribute attr, int value) {
     max_dynamic_shared()[reinterpret_cast<const void*>(kernel)] = value;
   }
   return cudaSuccess;
-}
-
-inline float float_from_bits(int32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
 }
 
 }  // namespace emu

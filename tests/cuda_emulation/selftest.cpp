@@ -1,6 +1,9 @@
 // Kernels with known bugs (and their fixed twins) that the CUDA emulator must catch or pass:
 // tests/test_cuda_emulation.py calls run_case(name) through ctypes; it returns "" or the emulator's error.
+#include <functional>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "emu.h"
 
@@ -97,39 +100,53 @@ std::string check_equal(float got, float want) {
   return got == want ? "" : "wrong value " + std::to_string(got) + ", expected " + std::to_string(want);
 }
 
+template <typename... Args>
+std::function<std::string()> launch_only(Args... args) {
+  return [=] {
+    emu::launch(args...);
+    return std::string();
+  };
+}
+
+// Case name -> "" or what went wrong; an unknown name is an error too (a misspelt case never passes).
 std::string run(const std::string& name) {
-  if (name == "race") emu::launch(emu::LaunchConfig(1, 64), race, g_out);
-  if (name == "no_race") emu::launch(emu::LaunchConfig(1, 64), no_race, g_out);
-  if (name == "write_after_read") emu::launch(emu::LaunchConfig(1, 64), write_after_read, g_out);
-  if (name == "divergent_barrier") emu::launch(emu::LaunchConfig(1, 64), divergent_barrier, g_out);
-  if (name == "shuffle_against_barrier") emu::launch(emu::LaunchConfig(1, 32), shuffle_against_barrier, g_out);
-  if (name == "partial_warp_shuffle") emu::launch(emu::LaunchConfig(1, 32), partial_warp_shuffle, g_out);
-  if (name == "shared_out_of_bounds") emu::launch(emu::LaunchConfig(1, 64), shared_out_of_bounds, g_out);
-  if (name == "uninitialised_read") emu::launch(emu::LaunchConfig(1, 64), uninitialised_read, g_out);
-  if (name == "block_sum") {
-    emu::launch(emu::LaunchConfig(1, 256), block_sum, g_out);
-    return check_equal(g_out[0], 255.0f * 256.0f / 2.0f);
-  }
-  if (name == "global_last_writer") {
-    emu::launch(emu::LaunchConfig(1, 64), global_last_writer, g_out);
-    return "last writer " + std::to_string(static_cast<int>(g_out[0]));
-  }
-  if (name == "global_out_of_bounds") {  // caught by AddressSanitizer (MAE_KERNELS_EMU_ASAN), not by the emulator
-    std::vector<float> buffer(64);
-    emu::launch(emu::LaunchConfig(1, 64), global_out_of_bounds, buffer.data());
-  }
-  if (name == "within_launch_bounds") emu::launch(emu::LaunchConfig(1, 128), bounded<128>, g_out);
-  if (name == "above_launch_bounds") emu::launch(emu::LaunchConfig(1, 256), bounded<128>, g_out);
-  if (name == "empty_grid") emu::launch(emu::LaunchConfig(0, 64), no_race, g_out);
-  if (name == "block_too_large") emu::launch(emu::LaunchConfig(1, 2048), no_race, g_out);
-  if (name == "dynamic_shared_over_default") emu::launch(emu::LaunchConfig(1, 64, 64 * 1024), dynamic_shared, g_out);
-  if (name == "dynamic_shared_opt_in") {
-    cudaFuncSetAttribute(dynamic_shared, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
-    emu::launch(emu::LaunchConfig(1, 64, 64 * 1024), dynamic_shared, g_out);
-    return check_equal(g_out[5], 1.0f);
-  }
-  if (name == "dynamic_shared_too_small") emu::launch(emu::LaunchConfig(1, 64, 32 * sizeof(float)), dynamic_shared, g_out);
-  return "";
+  static std::vector<float> buffer(64);  // heap memory, for AddressSanitizer
+  const std::map<std::string, std::function<std::string()>> cases = {
+      {"race", launch_only(emu::LaunchConfig(1, 64), race, g_out)},
+      {"no_race", launch_only(emu::LaunchConfig(1, 64), no_race, g_out)},
+      {"write_after_read", launch_only(emu::LaunchConfig(1, 64), write_after_read, g_out)},
+      {"divergent_barrier", launch_only(emu::LaunchConfig(1, 64), divergent_barrier, g_out)},
+      {"shuffle_against_barrier", launch_only(emu::LaunchConfig(1, 32), shuffle_against_barrier, g_out)},
+      {"partial_warp_shuffle", launch_only(emu::LaunchConfig(1, 32), partial_warp_shuffle, g_out)},
+      {"shared_out_of_bounds", launch_only(emu::LaunchConfig(1, 64), shared_out_of_bounds, g_out)},
+      {"uninitialised_read", launch_only(emu::LaunchConfig(1, 64), uninitialised_read, g_out)},
+      {"block_sum",
+       [] {
+         emu::launch(emu::LaunchConfig(1, 256), block_sum, g_out);
+         return check_equal(g_out[0], 255.0f * 256.0f / 2.0f);
+       }},
+      {"global_last_writer",
+       [] {
+         emu::launch(emu::LaunchConfig(1, 64), global_last_writer, g_out);
+         return "last writer " + std::to_string(static_cast<int>(g_out[0]));
+       }},
+      // caught by AddressSanitizer (MAE_KERNELS_EMU_ASAN), not by the emulator
+      {"global_out_of_bounds", launch_only(emu::LaunchConfig(1, 64), global_out_of_bounds, buffer.data())},
+      {"within_launch_bounds", launch_only(emu::LaunchConfig(1, 128), bounded<128>, g_out)},
+      {"above_launch_bounds", launch_only(emu::LaunchConfig(1, 256), bounded<128>, g_out)},
+      {"empty_grid", launch_only(emu::LaunchConfig(0, 64), no_race, g_out)},
+      {"block_too_large", launch_only(emu::LaunchConfig(1, 2048), no_race, g_out)},
+      {"dynamic_shared_over_default", launch_only(emu::LaunchConfig(1, 64, 64 * 1024), dynamic_shared, g_out)},
+      {"dynamic_shared_opt_in",
+       [] {
+         cudaFuncSetAttribute(dynamic_shared, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+         emu::launch(emu::LaunchConfig(1, 64, 64 * 1024), dynamic_shared, g_out);
+         return check_equal(g_out[5], 1.0f);
+       }},
+      {"dynamic_shared_too_small", launch_only(emu::LaunchConfig(1, 64, 32 * sizeof(float)), dynamic_shared, g_out)},
+  };
+  const auto it = cases.find(name);
+  return it == cases.end() ? "unknown case " + name : it->second();
 }
 
 }  // namespace

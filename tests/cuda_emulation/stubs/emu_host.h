@@ -6,17 +6,14 @@
 
 #include "emu.h"
 
-struct cudaDeviceProp {
+struct cudaDeviceProp {  // the fields csrc/cuda reads
   int multiProcessorCount = ::emu::kMultiProcessorCount;
-  int maxThreadsPerBlock = 1024;
-  size_t sharedMemPerBlockOptin = ::emu::kMaxSharedBytes;
 };
 
 namespace at {
 namespace cuda {
 struct CUDAStream {
   operator cudaStream_t() const { return nullptr; }
-  cudaStream_t stream() const { return nullptr; }
 };
 inline CUDAStream getCurrentCUDAStream(int64_t = -1) { return {}; }
 inline cudaDeviceProp* getCurrentDeviceProperties() {
