@@ -376,26 +376,17 @@ def _philox_uniform(seed, counters):
     return torch.tensor(out, dtype=torch.float32)
 
 
-@pytest.mark.cuda_emulation
+@pytest.mark.parametrize("kernel", [
+    pytest.param(lambda *args: rm_ops.OPS["triton"](*args), id="triton"),
+    # The CUDA kernel, run by the emulator (tests/test_cuda_emulation.py), whose compiled op takes CPU tensors;
+    # test_gpu_cuda_and_triton_draw_the_same_noise checks the two agree on a GPU.
+    pytest.param(lambda *args: torch.ops.mae_kernels.random_masking(*args), id="cuda",
+                 marks=pytest.mark.cuda_emulation)])
 @pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])
-def test_cuda_noise_is_the_documented_philox_stream(seed, offset):
-    # The CUDA kernel run by the emulator (tests/test_cuda_emulation.py), whose compiled op then takes CPU tensors.
+def test_noise_is_the_documented_philox_stream(kernel, seed, offset):
     N, L, keep = 2, 300, 75
     x = torch.randn(N, L, 3)
-    got = torch.ops.mae_kernels.random_masking(x, None, keep, seed, offset)
-    noise = _philox_uniform(seed, range(offset, offset + N * L)).view(N, L)
-    want = _reference(x, 0.75, noise)
-    for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
-        _assert_equal(name, u, v)
-
-
-@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])
-def test_triton_noise_is_the_documented_philox_stream(seed, offset):
-    # The CUDA kernel draws the same stream (philox_uniform in csrc/cuda/kernels/random_masking.cuh);
-    # test_gpu_cuda_and_triton_draw_the_same_noise checks the two agree on a GPU.
-    N, L, keep = 2, 40, 10
-    x = torch.randn(N, L, 3)
-    got = rm_ops.OPS["triton"](x, None, keep, seed, offset)
+    got = kernel(x, None, keep, seed, offset)
     noise = _philox_uniform(seed, range(offset, offset + N * L)).view(N, L)
     want = _reference(x, 0.75, noise)
     for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
