@@ -48,9 +48,11 @@ def pytest_collection_modifyitems(config, items):
             params = item.callspec.params.values() if hasattr(item, "callspec") else ()
             return ("gpu" in item.keywords or "triton" in item.originalname
                     or any(isinstance(v, str) and v in ("triton", "reference", "cuda") for v in params))
-        other = [i for i in items if other_backend(i)]
+        keep, other = [], []
+        for item in items:
+            (other if other_backend(item) else keep).append(item)
         config.hook.pytest_deselected(items=other)
-        items[:] = [i for i in items if not other_backend(i)]
+        items[:] = keep
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_emulation = pytest.mark.skip(reason="runs in tests/test_cuda_emulation.py's emulated session")
     for item in items:

@@ -57,11 +57,15 @@ def selftest(tmp_path_factory):
 
 
 def _run_case(lib, name, order):
+    previous = os.environ.get("MAE_KERNELS_EMU_ORDER")
     os.environ["MAE_KERNELS_EMU_ORDER"] = order
     try:
         return lib.run_case(name.encode()).decode()
     finally:
-        del os.environ["MAE_KERNELS_EMU_ORDER"]
+        if previous is None:
+            del os.environ["MAE_KERNELS_EMU_ORDER"]
+        else:
+            os.environ["MAE_KERNELS_EMU_ORDER"] = previous
 
 
 @pytest.mark.parametrize("case,error", [
