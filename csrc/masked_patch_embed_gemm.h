@@ -23,7 +23,16 @@ inline at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tens
   const int64_t P = weight.numel() / D;  // D > 0 checked: an integer division by zero would kill the process
   const at::Tensor patches = masked_patchify.call(imgs, ids_keep, p).view({N * K, P});
   const at::Tensor w = weight.permute({0, 2, 3, 1}).reshape({D, P});  // (c, p_row, p_col) -> (p_row, p_col, c)
-  at::Tensor out = at::addmm(bias, patches, w.t()).view({N, K, D});
+  at::Tensor out;
+  if (patches.is_cpu() && at::isReducedFloatingType(patches.scalar_type())) {
+    // bf16/fp16 on CPU: an fp32 GEMM rounded once (as cuBLAS accumulates). ATen's reduced-precision CPU GEMMs
+    // are oneDNN's ISA-specific kernels (AVX-512 BF16/FP16) or scalar loops, whose results, non-finite ones
+    // included, depend on the CPU.
+    out = at::addmm(bias.to(at::kFloat), patches.to(at::kFloat), w.to(at::kFloat).t()).to(patches.scalar_type());
+  } else {
+    out = at::addmm(bias, patches, w.t());
+  }
+  out = out.view({N, K, D});
   if (pos_embed.has_value()) {
     const at::Tensor rows = ids_keep.reshape({N * K}) + 1;  // row 0 of pos_embed is the cls token's
     out = out + pos_embed->select(0, 0).index_select(0, rows).view({N, K, D});

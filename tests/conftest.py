@@ -38,6 +38,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"NOT COLLECTED: tests/{g} ({_OPTIONAL[g]} is not installed)")
 
 
+def pytest_report_header(config):
+    """Which CPU kernels ran: ATen's vector ISA (ATEN_CPU_CAPABILITY can only lower it) and oneDNN's cap."""
+    return (f"CPU ISA: ATen {torch.backends.cpu.get_cpu_capability()} (ATEN_CPU_CAPABILITY="
+            f"{os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}), oneDNN cap ONEDNN_MAX_CPU_ISA="
+            f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
 

@@ -186,3 +186,72 @@ def test_no_atomics_in_kernels_or_backward_code():
     undocumented = {k: v for k, v in found.items() if k not in documented}
     assert not undocumented, f"order-dependent accumulation in {undocumented}"
     assert len(list(_sources())) >= 15, "the audit found too few sources: were they moved?"
+
+
+# The cpu backend's own C++ kernels (compiled for baseline x86-64: no -march, no intrinsics; every sum in an order
+# fixed by the shapes) give the same bits with any thread count and whatever vector ISA ATen picks. Ops whose cpu
+# path goes through ATen's or MKL's GEMMs and reductions (the patch embedding's GEMM; patch_stats and
+# denormalize_pred, which are the reference maths) are deterministic run after run on one machine and thread
+# count, as any torch matmul, but their last bits may change with either.
+GEMM_OR_ATEN = ("masked_patch_embed", "random_masked_patch_embed", "patch_stats", "denormalize_pred")
+
+
+def _own_kernel_cases():
+    """Cases large enough that every parallel_for splits over 2 threads and the loss sums many blocks of 1024
+    per-row partials (csrc/cpu/masked_mse_loss.cpp fixed_order_sum)."""
+    big = dict(N=3, C=3, h=24, w=30, p=2)
+    return [c for c in oc.all_cases() if c.name not in GEMM_OR_ATEN] + [
+        oc.random_masking_case(N=16, L=700, D=24), oc.masked_patchify_case(**big, K=180),
+        oc.unshuffle_case(N=8, L=300, K=75, D=300, dtype=torch.bfloat16),
+        oc.masked_mse_loss_case(**big, K=180), oc.masked_mse_loss_case(**big, K=180, norm=False),
+        oc.masked_mse_loss_case(**big, K=180, removed_only=True, dtype=torch.bfloat16),
+        # 36864 rows: at::sum of that many partials splits over threads (its grain is 32768) and changes bits
+        oc.masked_mse_loss_case(N=9, C=2, h=64, w=64, p=1, K=1024)]
+
+
+OWN_CASES = _own_kernel_cases()
+
+
+@pytest.fixture
+def threads():
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("case", OWN_CASES, ids=_ids(OWN_CASES))
+def test_cpu_backend_same_bits_with_1_and_2_threads(case, threads):
+    threads(1)
+    one = oc.run(case, "cpu")
+    threads(2)
+    oc.assert_bitwise_equal(case, oc.run(case, "cpu"), one)
+
+
+_ISA_SCRIPT = """
+import dataclasses, sys, torch
+sys.path.insert(0, sys.argv[1])
+import op_cases, test_determinism
+inputs = torch.load(sys.argv[2], weights_only=False)
+out = [op_cases.run(dataclasses.replace(c, inputs=i), "cpu") for c, i in zip(test_determinism.OWN_CASES, inputs)]
+torch.save((torch.backends.cpu.get_cpu_capability(), out), sys.argv[3])
+"""
+
+
+def test_cpu_backend_same_bits_whatever_aten_isa(tmp_path):
+    """ATEN_CPU_CAPABILITY=default (no vector kernels) gives the native ISA's bits on every op the cpu backend
+    computes itself (the ISA actually used is recorded: on a machine without AVX2 both runs are `default`)."""
+    inputs = tmp_path / "inputs.pt"  # made here once: torch.randn itself draws other numbers on other ISAs
+    torch.save([c.inputs for c in OWN_CASES], inputs)
+    runs = {}
+    for isa in ("native", "default"):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if isa == "default":
+            env["ATEN_CPU_CAPABILITY"] = "default"
+        path = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(ROOT / "tests"), str(inputs), str(path)], env=env, check=True,
+                       cwd=ROOT)
+        runs[isa] = torch.load(path)
+    print("ATen ISA:", runs["native"][0], "vs", runs["default"][0])
+    assert runs["default"][0] == "DEFAULT"
+    for case, got, want in zip(OWN_CASES, runs["default"][1], runs["native"][1]):
+        oc.assert_bitwise_equal(case, got, want)

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -110,6 +111,23 @@ void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* 
   });
 }
 
+// Sum of the per-row partials in an order fixed by their count alone: blocks of kBlock rows summed in parallel,
+// then the block sums in index order. at::sum's order depends on the vector width (AVX2, AVX-512) and on the
+// thread count, so its last bits would differ between CPUs and torch.set_num_threads settings.
+float fixed_order_sum(const at::Tensor& partial) {
+  constexpr int64_t kBlock = 1024;
+  const float* x = partial.const_data_ptr<float>();
+  const int64_t n = partial.numel(), blocks = (n + kBlock - 1) / kBlock;
+  std::vector<float> block_sums(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t start = b * kBlock;
+      block_sums[b] = lane_sum(std::min(kBlock, n - start), [&](int64_t i) { return x[start + i]; });
+    }
+  });
+  return lane_sum(blocks, [&](int64_t b) { return block_sums[b]; });
+}
+
 // 2 * grad_loss / (P * mask.sum()), 0 when the mask has no removed patch.
 float gradient_scale(const at::Tensor& mask, int64_t P, float grad_loss) {
   const double total = mask.sum(at::kDouble).item<double>();
@@ -145,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_cpu(const at::Tensor& pred_in
   at::Tensor grad_pred = with_grad ? at::empty_like(pred) : pred.new_empty({0});
   run(pred, imgs, mask, ids ? &*ids : nullptr, patch_size, norm_pix_loss, eps, scale, &partial,
       with_grad ? &grad_pred : nullptr, nullptr);
-  at::Tensor loss = partial.sum() * (scale / 2.0f);  // sum / (P * mask.sum()); pairwise sum over rows
+  at::Tensor loss = at::scalar_tensor(fixed_order_sum(partial), partial.options()) * (scale / 2.0f);
   return {loss, grad_pred};
 }
 

@@ -49,6 +49,14 @@ def _setup_context(ctx, inputs, output):
     ctx.weight_shape = weight.shape
 
 
+def _matmul(a, b):
+    """a @ b; bf16/fp16 on CPU as an fp32 GEMM rounded once (as the forward, csrc/masked_patch_embed_gemm.h):
+    ATen's reduced-precision CPU GEMMs depend on the CPU's ISA, non-finite results included."""
+    if a.is_cpu and a.dtype in (torch.bfloat16, torch.float16):
+        return (a.float() @ b.float()).to(a.dtype)
+    return a @ b
+
+
 def _make_backward(patchify_ops):
     def backward(ctx, grad_out):
         imgs, ids_keep, weight = ctx.saved_tensors
@@ -59,11 +67,11 @@ def _make_backward(patchify_ops):
         grad_imgs = grad_weight = grad_bias = grad_pos = None
         if ctx.needs_input_grad[0]:
             w = weight.permute(0, 2, 3, 1).reshape(D, p * p * C)  # MAE's (p_row, p_col, c) patch order
-            grad_patches = (gemm_grad @ w).reshape(N, K, p * p * C)
+            grad_patches = _matmul(gemm_grad, w).reshape(N, K, p * p * C)
             grad_imgs = patchify_ops["masked_patchify_backward"](grad_patches, ids_keep, p, *ctx.image_size)
         if ctx.needs_input_grad[2]:
             patches = patchify_ops["masked_patchify"](imgs, ids_keep, p).reshape(N * K, p * p * C)
-            grad_weight = (gemm_grad.t() @ patches).reshape(D, p, p, C).permute(0, 3, 1, 2).contiguous()
+            grad_weight = _matmul(gemm_grad.t(), patches).reshape(D, p, p, C).permute(0, 3, 1, 2).contiguous()
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if ctx.needs_input_grad[4]:
