@@ -34,15 +34,20 @@ collect_ignore_glob = [g for g, module in _OPTIONAL.items() if importlib.util.fi
 
 
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_cpu_isa())  # also under -q, which hides the header
     for g in collect_ignore_glob:
         terminalreporter.write_line(f"NOT COLLECTED: tests/{g} ({_OPTIONAL[g]} is not installed)")
 
 
-def pytest_report_header(config):
+def _cpu_isa():
     """Which CPU kernels ran: ATen's vector ISA (ATEN_CPU_CAPABILITY can only lower it) and oneDNN's cap."""
     return (f"CPU ISA: ATen {torch.backends.cpu.get_cpu_capability()} (ATEN_CPU_CAPABILITY="
             f"{os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}), oneDNN cap ONEDNN_MAX_CPU_ISA="
             f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}")
+
+
+def pytest_report_header(config):
+    return _cpu_isa()
 
 
 def pytest_configure(config):
