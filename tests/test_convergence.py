@@ -2,7 +2,7 @@
 eager path, from the same weights, on the same images and masks (the same noise every step), in fp32 and in bf16
 autocast. The loss curves must agree step by step and the final weights must agree: a gradient slightly wrong in
 a way one step's tolerance cannot show (a small bias that Adam accumulates, a wrong sum in a rarely hit row)
-drifts the trajectories apart. test_perturbed_gradient_is_caught checks that the tolerances can fail."""
+drifts the trajectories apart. test_perturbed_gradient_is_caught checks that the comparisons can fail."""
 import copy
 import functools
 
@@ -11,7 +11,7 @@ import torch
 
 from mae_kernels.models import MaskedAutoencoderViT
 
-STEPS = 80
+STEPS = 100
 N, SIZE, P = 8, 32, 8
 L = (SIZE // P) ** 2
 
@@ -25,71 +25,108 @@ def mini_mae(use_fused_ops):
 
 @functools.lru_cache(maxsize=None)
 def batches():
-    """Smooth images (bilinear 4x4 -> 32x32 random fields: removed patches are predictable from their
-    neighbours, so the loss falls and the gradients carry signal) and the noise of each step."""
+    """Each image a random linear ramp per channel plus noise: a removed patch's normalised pixels follow from
+    the visible ones, so the loss falls from about 1.2 to 0.6 within STEPS and the gradients carry signal.
+    And the noise of each step (the same masks for both runs)."""
     g = torch.Generator().manual_seed(1)
-    coarse = torch.randn(STEPS, N, 3, 4, 4, generator=g)
-    imgs = torch.nn.functional.interpolate(coarse.flatten(0, 1), size=(SIZE, SIZE), mode="bilinear",
-                                           align_corners=False).view(STEPS, N, 3, SIZE, SIZE)
+    coef = torch.randn(3, STEPS, N, 3, 1, 1, generator=g)
+    ramp = torch.linspace(-1, 1, SIZE)
+    imgs = coef[0] * ramp + coef[1] * ramp[:, None] + coef[2] + 0.1 * torch.randn(STEPS, N, 3, SIZE, SIZE, generator=g)
     return imgs, torch.rand(STEPS, N, L, generator=g)
 
 
 @functools.lru_cache(maxsize=None)
 def trajectory(fused, precision, perturb=0.0):
-    """(per-step losses [STEPS] float64, final parameters). perturb > 0 adds to the patch embedding weight's
-    gradient a fixed direction of perturb x its norm: the kind of small, consistent error a kernel bug makes."""
-    model = mini_mae(fused)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)  # the MAE recipe's AdamW
-    w = model.patch_embed.proj.weight
-    direction = torch.randn(w.shape, generator=torch.Generator().manual_seed(2))
-    imgs, noise = batches()
-    losses = []
-    for step in range(STEPS):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss, _, _ = model(imgs[step], 0.75, noise[step])
-        loss.backward()
-        if perturb:
-            w.grad += perturb * w.grad.norm() / direction.norm() * direction
-        opt.step()
-        losses.append(loss.item())
-    return torch.tensor(losses, dtype=torch.float64), {k: v.detach().clone() for k, v in model.named_parameters()}
+    """(per-step losses [STEPS] float64, initial and final parameters). perturb > 0 adds to the patch embedding
+    weight's gradient a fixed direction of perturb x its norm: the kind of small, consistent error a kernel bug
+    makes. One thread: the tiny ops gain nothing from two, and it makes the run repeatable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = mini_mae(fused)
+        init = {k: v.detach().clone() for k, v in model.named_parameters()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)  # the MAE recipe's
+        w = model.patch_embed.proj.weight
+        direction = torch.randn(w.shape, generator=torch.Generator().manual_seed(2))
+        imgs, noise = batches()
+        losses = []
+        for step in range(STEPS):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, _, _ = model(imgs[step], 0.75, noise[step])
+            loss.backward()
+            if perturb:
+                w.grad += perturb * w.grad.norm() / direction.norm() * direction
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    final = {k: v.detach().clone() for k, v in model.named_parameters()}
+    return torch.tensor(losses, dtype=torch.float64), init, final
 
 
-# Tolerances. fp32: the fused ops sum in another order than eager PyTorch (relative 1e-7 per sum); through 80
-# AdamW steps the trajectories separate slowly (measured: losses within 2e-6 relative, weights within 2e-5
-# absolute); the bounds below leave 10x that, and stay 30x below what a gradient error of 1e-3 of the norm does
-# to the same run (test_perturbed_gradient_is_caught). bf16 autocast: every matmul rounds to 8 bits (relative
-# 4e-3), the eager path convolves all patches in bf16 where the fused one gathers kept patches and runs its GEMM
-# with fp32 accumulation, so the two differ by bf16 rounding each step and Adam turns sign-level gradient noise of
-# tiny components into full-size updates: losses within 1e-2 relative, weights within 5e-3 absolute (measured
-# about a fifth of that); the loss curves themselves fall by half, 100x more than the bound.
-TOL = {"fp32": dict(loss_rtol=2e-5, weight_atol=2e-4), "bf16": dict(loss_rtol=1e-2, weight_atol=5e-3)}
+def travelled(traj, ref):
+    """Per parameter: ||traj's final - ref's final|| / ||how far ref's training moved it||. The key bias (middle
+    third of attn.qkv.bias) is left out: softmax ignores a per-query constant, so its exact gradient is zero and
+    both runs move it by Adam-normalised rounding noise (in fp32 already 2% of its travel, unrelated to the ops)."""
+    def strip(k, v):
+        d = v.shape[0] // 3
+        return torch.cat((v[:d], v[2 * d:])) if k.endswith("attn.qkv.bias") else v
+    (_, _, final), (_, init, want) = traj, ref
+    return {k: ((strip(k, final[k]) - strip(k, want[k])).norm() / (strip(k, want[k]) - strip(k, init[k])).norm())
+            .item() for k in want if not torch.equal(want[k], init[k])}
 
 
-def compare(got, want, loss_rtol, weight_atol):
-    (lg, wg), (lw, ww) = got, want
-    rel = (lg - lw).abs() / lw.abs()
-    bad = torch.nonzero(rel > loss_rtol)
-    assert bad.numel() == 0, (f"loss curves part at step {bad[0].item()}: fused {lg[bad[0]].item():.8g} vs eager "
-                              f"{lw[bad[0]].item():.8g} (rtol {loss_rtol}, max {rel.max().item():.3g})")
-    for k in ww:
-        torch.testing.assert_close(wg[k], ww[k], rtol=0, atol=weight_atol, msg=lambda s, k=k: f"final {k}: {s}")
+def check_fp32(fused, eager):
+    """fp32: the fused ops sum in another order than eager PyTorch (1e-7 relative per sum). Measured over the
+    STEPS steps: losses within 3e-7 relative, each tensor's final distance within 2e-5 of its travel. The bounds
+    leave 30x and 10x that, and a gradient error of 1e-4 of its norm in one tensor (far below the one-step tests'
+    rtol 1e-3) already moves the losses by 3e-5 and that tensor by 1.3e-3 (test_perturbed_gradient_is_caught)."""
+    rel = (fused[0] - eager[0]).abs() / eager[0].abs()
+    step = rel.argmax().item()
+    assert rel.max() <= 1e-5, (f"loss curves part at step {step}: fused {fused[0][step].item():.8g} vs eager "
+                               f"{eager[0][step].item():.8g} (relative {rel.max().item():.3g} > 1e-5)")
+    far = {k: v for k, v in travelled(fused, eager).items() if v > 2e-4}
+    assert not far, f"final weights part (distance / travel > 2e-4): {far}"
+
+
+def check_bf16(fused, eager, fp32):
+    """bf16 autocast: every matmul rounds to 8 bits; the eager path convolves all patches in bf16 where the fused
+    GEMM accumulates in fp32, so the runs differ by bf16 rounding every step. Judged as the low-precision ops are
+    (STYLE.md): against the fp32 eager run, the fused bf16 run's error is at most twice the eager bf16 run's, for
+    the mean loss error and for every tensor's final weights (measured: 0.8x and at most 1.4x; a 1e-2 gradient
+    error gives 7x). Plus each step's loss within 1e-2 of the eager bf16 run's (measured 2e-3)."""
+    rel = (fused[0] - eager[0]).abs() / eager[0].abs()
+    step = rel.argmax().item()
+    assert rel.max() <= 1e-2, (f"loss curves part at step {step}: fused {fused[0][step].item():.8g} vs eager "
+                               f"{eager[0][step].item():.8g} (relative {rel.max().item():.3g} > 1e-2)")
+    err = {name: ((run[0] - fp32[0]).abs() / fp32[0]).mean().item() for name, run in (("fused", fused),
+                                                                                        ("eager", eager))}
+    assert err["fused"] <= 2 * err["eager"], f"mean loss error against fp32: {err}"
+    got, floor = travelled(fused, fp32), travelled(eager, fp32)
+    # 1e-3 of the travel: a floor for tensors the eager bf16 run happens to bring very close to fp32's.
+    far = {k: (got[k], floor[k]) for k in got if got[k] > max(2 * floor[k], 1e-3)}
+    assert not far, f"final weights farther from fp32's than twice eager bf16's (fused, eager): {far}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_fused_training_matches_eager(precision):
-    eager, fused = trajectory(False, precision), trajectory(True, precision)
+    fused, eager = trajectory(True, precision), trajectory(False, precision)
     losses = eager[0]
-    assert losses[-10:].mean() < 0.6 * losses[:10].mean(), losses  # it learns: the gradients carry signal
-    compare(fused, eager, **TOL[precision])
+    assert losses[-10:].mean() < 0.7 * losses[:10].mean(), losses  # it learns: the gradients carry signal
+    if precision == "fp32":
+        check_fp32(fused, eager)
+    else:
+        check_bf16(fused, eager, trajectory(False, "fp32"))
 
 
 @pytest.mark.slow
-def test_perturbed_gradient_is_caught():
-    """A 1e-3 (relative to its norm) error in one gradient, invisible to a one-step comparison at rtol 1e-3,
-    fails the fp32 convergence comparison."""
-    with pytest.raises(AssertionError):
-        compare(trajectory(True, "fp32", perturb=1e-3), trajectory(False, "fp32"), **TOL["fp32"])
+@pytest.mark.parametrize("precision, perturb", [("fp32", 1e-4), ("bf16", 1e-2)])
+def test_perturbed_gradient_is_caught(precision, perturb):
+    """The comparisons can fail: a small error in one gradient (patch_embed.proj.weight's, relative to its norm)
+    breaks them."""
+    broken, eager = trajectory(True, precision, perturb), trajectory(False, precision)
+    with pytest.raises(AssertionError, match="part|farther"):
+        check_fp32(broken, eager) if precision == "fp32" else check_bf16(broken, eager, trajectory(False, "fp32"))
