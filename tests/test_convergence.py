@@ -3,7 +3,6 @@ eager path, from the same weights, on the same images and masks (the same noise 
 autocast. The loss curves must agree step by step and the final weights must agree: a gradient slightly wrong in
 a way one step's tolerance cannot show (a small bias that Adam accumulates, a wrong sum in a rarely hit row)
 drifts the trajectories apart. test_perturbed_gradient_is_caught checks that the comparisons can fail."""
-import copy
 import functools
 
 import pytest
@@ -95,8 +94,9 @@ def check_bf16(fused, eager, fp32):
     """bf16 autocast: every matmul rounds to 8 bits; the eager path convolves all patches in bf16 where the fused
     GEMM accumulates in fp32, so the runs differ by bf16 rounding every step. Judged as the low-precision ops are
     (STYLE.md): against the fp32 eager run, the fused bf16 run's error is at most twice the eager bf16 run's, for
-    the mean loss error and for every tensor's final weights (measured: 0.8x and at most 1.4x; a 1e-2 gradient
-    error gives 7x). Plus each step's loss within 1e-2 of the eager bf16 run's (measured 2e-3)."""
+    the mean loss error (measured 0.8x), and at most three times for each tensor's final weights: per-tensor
+    ratios after 100 chaotic steps scatter more than one op's error (measured at most 1.4x; a gradient error of
+    1e-2 of its norm gives 7x). Plus each step's loss within 1e-2 of the eager bf16 run's (measured 2e-3)."""
     rel = (fused[0] - eager[0]).abs() / eager[0].abs()
     step = rel.argmax().item()
     assert rel.max() <= 1e-2, (f"loss curves part at step {step}: fused {fused[0][step].item():.8g} vs eager "
@@ -106,8 +106,8 @@ def check_bf16(fused, eager, fp32):
     assert err["fused"] <= 2 * err["eager"], f"mean loss error against fp32: {err}"
     got, floor = travelled(fused, fp32), travelled(eager, fp32)
     # 1e-3 of the travel: a floor for tensors the eager bf16 run happens to bring very close to fp32's.
-    far = {k: (got[k], floor[k]) for k in got if got[k] > max(2 * floor[k], 1e-3)}
-    assert not far, f"final weights farther from fp32's than twice eager bf16's (fused, eager): {far}"
+    far = {k: (got[k], floor[k]) for k in got if got[k] > max(3 * floor[k], 1e-3)}
+    assert not far, f"final weights farther from fp32's than three times eager bf16's (fused, eager): {far}"
 
 
 @pytest.mark.slow
