@@ -56,3 +56,23 @@ def test_unpatch_and_errors():
         m(pixel_values=torch.randn(1, 1, 32, 32))
     with pytest.raises(TypeError, match="ViTMAEForPreTraining"):
         patch_vit_mae(torch.nn.Linear(2, 2))
+
+
+def test_apply_patches_vit_mae_and_recognises_video_mae():
+    import mae_kernels
+
+    ref = make()
+    m = mae_kernels.apply(copy.deepcopy(ref))
+    assert "forward" in m.__dict__ and "forward" in m.decoder.__dict__
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m(pixel_values=x, noise=noise).loss, ref(pixel_values=x, noise=noise).loss,
+                                   rtol=1e-5, atol=1e-6)
+    mae_kernels.unapply(m)
+    assert "forward" not in m.__dict__ and "forward" not in m.decoder.__dict__
+    cfg = transformers.VideoMAEConfig(image_size=16, patch_size=8, num_frames=2, tubelet_size=2, hidden_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                      decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                      decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    with pytest.raises(NotImplementedError, match="VideoMAEForPreTraining.*no fused patch yet"):
+        mae_kernels.apply(transformers.VideoMAEForPreTraining(cfg))

@@ -12,9 +12,9 @@ the decoder are not produced by the patched decoder.
 """
 import types
 
-import torch
-
 import mae_kernels
+
+from ..models import fused
 
 _PATCHED = "_mae_kernels_patched"
 
@@ -35,10 +35,7 @@ def _embeddings_forward(self, pixel_values, noise=None, interpolate_pos_encoding
             raise ValueError(f"Input image size ({height}*{width}) doesn't match model"
                              f" ({self.image_size[0]}*{self.image_size[1]}).")
         pos = self.position_embeddings
-    tokens, mask, ids_restore, _ = mae_kernels.random_masked_patch_embed(
-        pixel_values, proj.weight, proj.bias, pos, float(self.config.mask_ratio), noise=noise)
-    cls = (self.cls_token + pos[:, :1, :]).expand(tokens.shape[0], -1, -1)
-    return torch.cat((cls, tokens), dim=1), mask, ids_restore
+    return fused.encoder_tokens(pixel_values, proj, self.cls_token, pos, float(self.config.mask_ratio), noise)
 
 
 def _decoder_forward(self, hidden_states, ids_restore, interpolate_pos_encoding=False, **_):

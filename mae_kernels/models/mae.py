@@ -5,7 +5,8 @@ load_state_dict(strict=True)), generalised to any channel count and non-square i
 mask_ratio, noise) -> (loss, pred [N, L, p*p*C], mask [N, L]) as there.
 
 use_fused_ops=True: masking + patch embedding of the kept patches only (random_masked_patch_embed), the
-mask-token scatter (unshuffle_with_mask_tokens) and the masked loss (masked_mse_loss) run as mae_kernels ops.
+mask-token scatter (unshuffle_with_mask_tokens) and the masked loss (masked_mse_loss) run as mae_kernels ops
+(models/fused.py, shared with integrations.official.patch_mae).
 use_fused_ops=False: the official eager path (Conv2d on all patches, random_masking, cat/gather, forward_loss),
 from mae_kernels.reference. Both give the same loss and gradients for the same noise (up to summation order).
 """
@@ -14,9 +15,8 @@ from functools import partial
 import torch
 from torch import nn
 
-import mae_kernels
-
 from .. import reference
+from . import fused
 from .pos_embed import sincos_2d
 from .vit import Block, PatchEmbed, to_2tuple
 
@@ -98,13 +98,10 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_encoder(self, imgs, mask_ratio, noise=None):
         """(latent [N, 1 + K, D] after the final norm, mask [N, L], ids_restore [N, L])."""
         if self.use_fused_ops:
-            proj = self.patch_embed.proj
-            x, mask, ids_restore, _ = mae_kernels.random_masked_patch_embed(
-                imgs, proj.weight, proj.bias, self.pos_embed, mask_ratio, noise=noise)
-        else:
-            x = self.patch_embed(imgs)
-            x = x + self.pos_embed[:, 1:, :]
-            x, mask, ids_restore = reference.random_masking(x, mask_ratio, noise)
+            return fused.forward_encoder(self, imgs, mask_ratio, noise)
+        x = self.patch_embed(imgs)
+        x = x + self.pos_embed[:, 1:, :]
+        x, mask, ids_restore = reference.random_masking(x, mask_ratio, noise)
         cls_token = self.cls_token + self.pos_embed[:, :1, :]
         x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         for blk in self.blocks:
@@ -113,11 +110,10 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_decoder(self, x, ids_restore):
         """Pixel predictions [N, L, p*p*C] (in normalised patch space when norm_pix_loss)."""
-        x = self.decoder_embed(x)
         if self.use_fused_ops:
-            x = mae_kernels.unshuffle_with_mask_tokens(x, self.mask_token, ids_restore, self.decoder_pos_embed)
-        else:
-            x = reference.unshuffle_with_mask_tokens(x, self.mask_token, ids_restore, self.decoder_pos_embed)
+            return fused.forward_decoder(self, x, ids_restore)
+        x = self.decoder_embed(x)
+        x = reference.unshuffle_with_mask_tokens(x, self.mask_token, ids_restore, self.decoder_pos_embed)
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_pred(self.decoder_norm(x))
@@ -125,8 +121,9 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_loss(self, imgs, pred, mask):
         """MSE on removed patches (against per-patch normalised pixels when norm_pix_loss), fp32 scalar."""
-        loss_fn = mae_kernels.masked_mse_loss if self.use_fused_ops else reference.masked_mse_loss
-        return loss_fn(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss)
+        if self.use_fused_ops:
+            return fused.forward_loss(self, imgs, pred, mask)
+        return reference.masked_mse_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss)
 
     def forward(self, imgs, mask_ratio=0.75, noise=None):
         self._check_imgs(imgs)

@@ -1,0 +1,73 @@
+"""mae_kernels.apply(model): one entry point for every supported MAE family; unapply(model) undoes it.
+
+Families, recognised in this order:
+- mae_kernels.models.MaskedAutoencoderViT: sets use_fused_ops = True;
+- transformers ViTMAEForPreTraining / ViTMAEModel: integrations.transformers.patch_vit_mae;
+- transformers VideoMAEForPreTraining / VideoMAEModel: recognised, no fused patch yet (raises saying so);
+- the official models_mae.MaskedAutoencoderViT, or any model with its structure: integrations.official.patch_mae.
+transformers is never imported here: its models are recognised through the module already loaded.
+"""
+import sys
+
+from . import official
+
+_HF_IMAGE = ("ViTMAEForPreTraining", "ViTMAEModel")
+_HF_VIDEO = ("VideoMAEForPreTraining", "VideoMAEModel")
+
+
+def _hf_instance(model, names):
+    tf = sys.modules.get("transformers")
+    if tf is None:  # no transformers model can exist without the module loaded
+        return False
+    return any(isinstance(model, getattr(tf, n, ())) for n in names)
+
+
+def _family(model):
+    from ..models.mae import MaskedAutoencoderViT
+
+    if isinstance(model, MaskedAutoencoderViT):
+        return "mae_kernels"
+    if _hf_instance(model, _HF_IMAGE):
+        return "transformers.ViTMAE"
+    if _hf_instance(model, _HF_VIDEO):
+        raise NotImplementedError(f"mae_kernels.apply: {type(model).__name__} (transformers VideoMAE) is "
+                                  f"recognised but has no fused patch yet; run it unpatched")
+    if not official.missing(model):
+        return "official"
+    wrapped = getattr(model, "module", None)  # DistributedDataParallel
+    wrapped = getattr(model, "_orig_mod", None) if wrapped is None else wrapped  # torch.compile
+    hint = (f"; it wraps a {type(wrapped).__name__}: apply to the model before wrapping it"
+            if wrapped is not None else "")
+    raise TypeError(f"mae_kernels.apply: expected mae_kernels.models.MaskedAutoencoderViT, a transformers "
+                    f"ViTMAEForPreTraining / ViTMAEModel or a model with the official models_mae structure, got "
+                    f"{type(model).__module__}.{type(model).__qualname__} (official structure lacks: "
+                    f"{', '.join(official.missing(model))}){hint}")
+
+
+def apply(model):
+    """Patch `model` in place to run mae_kernels' fused ops; returns it. Raises TypeError naming what it got when
+    the model is of no supported family."""
+    family = _family(model)
+    if family == "mae_kernels":
+        model.use_fused_ops = True
+    elif family == "transformers.ViTMAE":
+        from .transformers import patch_vit_mae
+
+        patch_vit_mae(model)
+    else:
+        official.patch_mae(model)
+    return model
+
+
+def unapply(model):
+    """Undo apply: the model runs its own eager code again (ours: use_fused_ops = False)."""
+    family = _family(model)
+    if family == "mae_kernels":
+        model.use_fused_ops = False
+    elif family == "transformers.ViTMAE":
+        from .transformers import unpatch_vit_mae
+
+        unpatch_vit_mae(model)
+    else:
+        official.unpatch_mae(model)
+    return model
