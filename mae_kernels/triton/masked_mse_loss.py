@@ -57,7 +57,8 @@ def _masked_mse_rows_kernel(
         mean = shift + tl.sum(tl.where(active, x - shift, 0.0), axis=0) / P
         xc = tl.where(active, x - mean, 0.0)
         var = tl.sum(xc * xc, axis=0) / (P - 1)
-        std = tl.sqrt_rn(var + eps)
+        # Kept rows read nothing (var = 0): std 1 there, or eps = 0 would make their t = 0 / 0 = NaN.
+        std = tl.sqrt_rn(tl.where(active0, var + eps, 1.0))
         t = xc / std
     else:
         t = x
