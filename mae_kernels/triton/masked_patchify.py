@@ -40,12 +40,14 @@ def _copy_kernel(src_ptr,  # gather: the image [N, C, H, W] with strides s_*; sc
         tl.store(dst_ptr + row, tl.load(src_ptr + pixel, mask=mask), mask=mask)
 
 
-def _blocks(N, K, P):
+def _blocks(N, K, P, element_size):
     # Whole patch vectors per program where possible: few program instances (the CPU interpreter pays per
-    # instance) and wide contiguous stores on the GPU.
+    # instance) and wide contiguous stores on the GPU: at most 4 warps, fewer for small tiles so that every
+    # thread still moves 16 bytes at a time.
     block_p = min(triton.next_power_of_2(P), 1024)
     block_m = max(1, min(4096 // block_p, triton.next_power_of_2(K)))
-    return block_m, block_p, (N * triton.cdiv(K, block_m), triton.cdiv(P, block_p))
+    warps = max(1, min(4, block_m * block_p * element_size // (16 * 32)))
+    return block_m, block_p, warps, (N * triton.cdiv(K, block_m), triton.cdiv(P, block_p))
 
 
 def _launch(to_image, src, ids, dst, img, N, K, p):
@@ -53,11 +55,11 @@ def _launch(to_image, src, ids, dst, img, N, K, p):
     P = p * p * C
     if N * K == 0 or P == 0:
         return
-    block_m, block_p, grid = _blocks(N, K, P)
+    block_m, block_p, warps, grid = _blocks(N, K, P, img.element_size())
     has_ids = ids is not None
     ids = ids.contiguous() if has_ids else src  # any pointer when unused
     _copy_kernel[grid](src, ids, dst, K, *img.stride(), p=p, C=C, GRID_W=W // p,
-                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p)
+                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=warps)
 
 
 def gather(imgs, ids_keep, p):
