@@ -535,7 +535,7 @@ def check_code(res, ck):
     res.facts["blocks/SM"] = blocks
     reason = _low_occupancy_reason(launch, ck.asm["ttgir"])
     if blocks < MIN_BLOCKS_PER_SM and reason:
-        res.facts["blocks/SM"] = f"{blocks} (allowed: {reason})"
+        res.facts["allowed"] = reason
     elif blocks < MIN_BLOCKS_PER_SM:
         res.problems.append(f"{name}: {blocks} block(s) of {res.threads} threads per SM on sm_{res.arch} "
                             f"({res.registers} registers/thread, {res.shared} B shared), fewer than "
@@ -588,13 +588,15 @@ def summary(results):
         if not r.ok:
             continue
         key = (r.launch.kernel.fn.__module__.rsplit(".", 1)[-1], r.launch.kernel.__name__, r.arch)
-        n, smem, regs, threads, local, sec = rows.get(key, (0, 0, 0, 0, 0, 0.0))
+        n, smem, regs, threads, local, sec, blocks, divs = rows.get(key, (0, 0, 0, 0, 0, 0.0, 99, 0))
         rows[key] = (n + 1, max(smem, r.shared), max(regs, r.registers), max(threads, r.threads),
-                     max(local, r.local), max(sec, r.seconds))
+                     max(local, r.local), max(sec, r.seconds), min(blocks, r.facts.get("blocks/SM", 99)),
+                     max(divs, r.facts.get("int div/rem (PTX)", 0)))
     lines = ["| module | kernel | arch | variants | max shared B | max regs/thread | max threads | spills (local B) "
-             "| slowest compile s |", "|---|---|---|---|---|---|---|---|---|"]
-    for (mod, name, arch), (n, smem, regs, threads, local, sec) in sorted(rows.items()):
-        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} |")
+             "| slowest compile s | min blocks/SM | max int div/rem in PTX |", "|---" * 11 + "|"]
+    for (mod, name, arch), (n, smem, regs, threads, local, sec, blocks, divs) in sorted(rows.items()):
+        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} "
+                     f"| {blocks} | {divs} |")
     return "\n".join(lines)
 
 
@@ -635,7 +637,7 @@ def main(argv=None):
             json.dump([dict(kernel=r.launch.kernel.__name__, arch=r.arch, ok=r.ok and not fatal(r), error=r.error,
                             shared=r.shared, registers=r.registers, local=r.local, threads=r.threads,
                             seconds=round(r.seconds, 2),
-                            problems=r.problems, launch=r.launch.describe(), grid=r.launch.grid,
+                            problems=r.problems, facts=r.facts, launch=r.launch.describe(), grid=r.launch.grid,
                             case=r.launch.case) for r in results], f, indent=1)
     table = summary(results)
     print(table)
