@@ -1,6 +1,7 @@
 """Kernels with the regressions that mae_kernels.triton.compile_check.check_code must catch, compiled for sm_90
 (run by tests/test_triton_compile.py in a subprocess with TRITON_INTERPRET=0). Prints, as JSON, the problems
-reported for each: {kernel name: [problem, ...]}."""
+reported for each: {kernel name: [problem, ...]}, and how many variants random_masking's forward compiles for
+several seeds and offsets."""
 import json
 import os
 import sys
@@ -63,6 +64,13 @@ def main():
     ]
     cc.COPY_KERNELS["_narrow_copy_kernel"] = lambda c: ("D", True, True)
     out = {}
+    # random_masking's RNG offset moves every call: all of these must be one compiled variant.
+    from mae_kernels.triton import random_masking as rm
+    sink = []
+    with cc.recording(sink, ["offsets"]):
+        for seed, offset in ((7, 0), (7, 16), (7, 17), (1, 1), (16, 4096 + 4)):
+            rm.random_masking_forward(torch.empty(2, 196, 8, device="meta"), None, 49, seed, offset)
+    out["random_masking variants over seeds and offsets"] = len({ln.key() for ln in sink})
     for launch in cases:
         res = cc.compile_one(launch, 90)
         out[launch.kernel.__name__] = res.problems if res.ok else [res.error]
