@@ -83,13 +83,16 @@ def _backward_rows_kernel(
     ok = row_ok[:, None] & d_ok[None, :]
     acc_pos = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     acc_mask = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
-    n0 = chunk * CHUNK
-    for n in range(n0, tl.minimum(n0 + CHUNK, N)):
-        n64 = tl.cast(n, tl.int64)
-        g = tl.load(grad_ptr + (n64 * R + j)[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-        dst = _source_rows(ids_ptr, n64, j, L, K, c, row_ok)
-        to_x = (dst >= 0)[:, None] & ok
-        tl.store(gx_ptr + (n64 * (c + K) + tl.maximum(dst, 0))[:, None] * D + d[None, :],
+    # A constant trip count, masked past N: the triton 3.6 interpreter rejects range() bounds computed from
+    # program ids.
+    for i in range(0, CHUNK):
+        n = chunk * CHUNK + i
+        live = row_ok & (n < N)
+        in_tile = live[:, None] & d_ok[None, :]
+        g = tl.load(grad_ptr + (n * R + j)[:, None] * D + d[None, :], mask=in_tile, other=0.0).to(tl.float32)
+        dst = _source_rows(ids_ptr, n, j, L, K, c, live)
+        to_x = (dst >= 0)[:, None] & in_tile
+        tl.store(gx_ptr + (n * (c + K) + tl.maximum(dst, 0))[:, None] * D + d[None, :],
                  g.to(gx_ptr.dtype.element_ty), mask=to_x)
         acc_mask += tl.where(to_x, 0.0, g)
         acc_pos += g
@@ -158,12 +161,15 @@ def unshuffle_with_mask_tokens_backward(grad_out, ids_restore, K, has_cls, x_dty
         return grad_x, grad_mask, grad_pos
     rows, block_d = _tile(D)
     blocks = triton.cdiv(R, rows)
-    chunks = max(1, triton.cdiv(N, _CHUNK))
+    # Samples per program: _CHUNK, or under the interpreter (which runs every masked iteration too) the whole
+    # batch when it is smaller: the same single chunk, so the same results.
+    samples = min(_CHUNK, max(N, 1)) if os.environ.get("TRITON_INTERPRET") == "1" else _CHUNK
+    chunks = max(1, triton.cdiv(N, samples))
     mask_part = torch.empty(chunks, blocks, D, device=dev, dtype=torch.float32)
     pos_part = torch.empty(chunks, R, D, device=dev, dtype=torch.float32) if pos_grad else mask_part
     _backward_rows_kernel[(blocks, triton.cdiv(D, block_d), chunks)](
         grad, ids, grad_x, pos_part, mask_part, N, R - c, K, D, c,
-        POS_GRAD=pos_grad, ROWS=rows, BLOCK_D=block_d, CHUNK=_CHUNK)
+        POS_GRAD=pos_grad, ROWS=rows, BLOCK_D=block_d, CHUNK=samples)
     _sum_partials(mask_part.view(chunks * blocks, D), grad_mask)
     if pos_grad:
         _sum_partials(pos_part.view(chunks, R * D), grad_pos)
