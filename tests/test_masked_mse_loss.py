@@ -34,20 +34,20 @@ def make_inputs(C, H, W, p, N=3, dtype=torch.float32, img_dtype=torch.float32, m
     return pred, imgs, make_mask(N, L, mask_kind, device)
 
 
-def fp64_loss_and_grads(pred, imgs, mask, p, norm, ids_shuffle=None):
+def fp64_loss_and_grads(pred, imgs, mask, p, norm, ids_shuffle=None, eps=1e-6):
     """The reference maths in float64 on the same input values: (loss, grad pred, grad imgs)."""
     pr = pred.detach().double().requires_grad_()
     im = imgs.detach().double().requires_grad_()
     full = reference.scatter_removed_pred(pr, ids_shuffle) if ids_shuffle is not None else pr
-    loss = reference.masked_mse_loss(full, im, mask.double(), p, norm)
+    loss = reference.masked_mse_loss(full, im, mask.double(), p, norm, eps)
     gp, gi = torch.autograd.grad(loss, (pr, im))
     return loss.detach(), gp, gi
 
 
-def eager_loss_and_grads(pred, imgs, mask, p, norm):
+def eager_loss_and_grads(pred, imgs, mask, p, norm, eps=1e-6):
     """The official eager code on the given dtypes (fp32 maths by promotion, gradients cast back)."""
     pr, im = pred.detach().requires_grad_(), imgs.detach().requires_grad_()
-    loss = reference.masked_mse_loss(pr, im, mask, p, norm)
+    loss = reference.masked_mse_loss(pr, im, mask, p, norm, eps)
     gp, gi = torch.autograd.grad(loss, (pr, im))
     return loss.detach(), gp, gi
 
@@ -86,12 +86,12 @@ def ulp(x, dtype):
     return torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(x.double().abs().clamp_min(1e-30))))
 
 
-def check_against_fp64(got, pred, imgs, mask, p, norm, check_imgs, backend=None, eager_floor=False):
+def check_against_fp64(got, pred, imgs, mask, p, norm, check_imgs, backend=None, eager_floor=False, eps=1e-6):
     """fp32: within 1e-5 relative of float64; fp16/bf16: max error at most twice the eager code's max error in
     that dtype (plus the fp32 floor; eager_floor: in fp32 too, for inputs where fp32 itself errs).
     The Triton interpreter truncates fp32 -> bf16 casts: 1 ulp allowed there."""
-    ref = fp64_loss_and_grads(pred, imgs, mask, p, norm)
-    eager = eager_loss_and_grads(pred, imgs, mask, p, norm)
+    ref = fp64_loss_and_grads(pred, imgs, mask, p, norm, eps=eps)
+    eager = eager_loss_and_grads(pred, imgs, mask, p, norm, eps)
     names = ["loss", "grad pred", "grad imgs"]
     for k in range(3 if check_imgs else 2):
         tol = fp32_tol(ref[k])
@@ -177,6 +177,45 @@ def test_constant_patches(backend, dtype):
     imgs[1] = 1e4  # a constant, large-magnitude sample too
     got = run_loss(backend, pred, imgs, mask, p, True, grad_imgs=True)
     check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=True, backend=backend, eager_floor=True)
+
+
+def check_eps_zero(backend, shape, dtype, device="cpu"):
+    """eps = 0 (accepted by check_eps): finite and the reference's, whatever the kept patches hold (they are
+    not read, so their zero variance must not reach the result)."""
+    C, H, W, p = shape
+    pred, imgs, mask = make_inputs(C, H, W, p, dtype=dtype, device=device)
+    got = run_loss(backend, pred, imgs, mask, p, True, grad_imgs=True, eps=0.0)
+    check_against_fp64(got, pred, imgs, mask, p, True, check_imgs=True, backend=backend, eps=0.0)
+    assert (got[1][mask == 0] == 0).all(), "kept patches must get a zero gradient"
+
+
+def check_eps_zero_constant_removed_patch(backend, device="cpu"):
+    """eps = 0 and a constant removed patch: its target is 0 / 0 = NaN in the reference, so the loss is NaN and
+    the gradients are NaN on that patch only; everything else is the reference's."""
+    C, H, W, p = SHAPES[0]
+    pred, imgs, mask = make_inputs(C, H, W, p, device=device)
+    assert mask[0, 0] == 1  # make_mask removes patch 0 of every sample
+    imgs[0, :, :p, :p] = 0.5  # exact mean in fp32 too, so that the reference backend's target is 0 / 0 as well
+    got = run_loss(backend, pred, imgs, mask, p, True, grad_imgs=True, eps=0.0)
+    ref = fp64_loss_and_grads(pred, imgs, mask, p, True, eps=0.0)
+    assert torch.isnan(got[0]) and torch.isnan(ref[0])
+    for k, name in ((1, "grad pred"), (2, "grad imgs")):
+        nan = torch.isnan(ref[k]).cpu()
+        assert nan.any()
+        assert torch.equal(torch.isnan(got[k]).cpu(), nan), f"{name}: NaN at other places than the reference's"
+        assert_close(name, got[k].cpu()[~nan], ref[k].cpu()[~nan], fp32_tol(ref[k].cpu()[~nan]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=[SHAPE_IDS[0], SHAPE_IDS[3]])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_eps_zero(backend, shape, dtype):
+    check_eps_zero(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_eps_zero_constant_removed_patch(backend):
+    check_eps_zero_constant_removed_patch(backend)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -417,6 +456,15 @@ def test_gpu_edge_cases(backend):
     b = run_loss(backend, pred, strided, mask, p, True, grad_imgs=True)
     for k in range(3):
         assert_close("channels_last", b[k], a[k], fp32_tol(a[k]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["reference"])
+def test_gpu_eps_zero(backend):
+    for shape in (SHAPES[0], SHAPES[3]):
+        for dtype in (torch.float32, torch.bfloat16):
+            check_eps_zero(backend, shape, dtype, device="cuda")
+    check_eps_zero_constant_removed_patch(backend, device="cuda")
 
 
 @pytest.mark.gpu

@@ -170,6 +170,14 @@ def test_same_dtype_parameters(backend, dtype, out_dtype):
     assert out.dtype == (dtype if out_dtype is None else out_dtype)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_batch_of_several_chunks(backend, dtype):
+    """N = 70: the Triton backward splits the batch into chunks of 32 samples (the last one partial) whose
+    partial mask-token and pos_embed gradients are then summed in a fixed order."""
+    check_against_reference(backend, *make_inputs(70, 5, 2, 3, dtype, True, "grad"), True)
+
+
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
 def test_mask_token_grad_deterministic(backend):
     x, mt, ids, pos = make_inputs(3, 40, 9, 33, torch.float32, True, "grad")

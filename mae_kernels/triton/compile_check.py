@@ -5,7 +5,9 @@ a recorder, so what gets compiled is exactly what they would launch: the same ar
 num_warps and num_stages. Each distinct launch is then compiled with triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32)) down to a cubin with the ptxas bundled in the triton package, and its
 resources are checked: shared memory against the device limit, registers x threads against the register
-file, local memory (register spills), and the grid against CUDA's limits.
+file, local memory (register spills), and the grid against CUDA's limits. Then facts that decide speed, read
+from the compiled code (see check_code): no runtime integer division in per-element index math, 16-byte global
+accesses in the main loop of copy-like kernels, at least MIN_BLOCKS_PER_SM blocks per SM, no approximate division.
 
 Must run with TRITON_INTERPRET=0 set before triton is imported (under the interpreter @triton.jit makes no
 compilable function): `TRITON_INTERPRET=0 python -m mae_kernels.triton.compile_check [--arch 90 80]`.
@@ -49,7 +51,8 @@ class Launch:
 
     def key(self):
         return (self.kernel.__name__, tuple(sorted(self.signature.items())),
-                tuple(sorted((k, repr(v)) for k, v in self.constexprs.items())), tuple(sorted(self.options.items())))
+                tuple(sorted((k, repr(v)) for k, v in self.constexprs.items())), tuple(sorted(self.options.items())),
+                tuple(sorted(self.attrs)))
 
     def describe(self):
         ty = ",".join(f"{k}:{v}" for k, v in self.signature.items() if v != "constexpr")
@@ -70,6 +73,7 @@ class Result:
     threads: int = 0
     seconds: float = 0.0  # compile time (the GPU run pays it again at the first launch, per process)
     problems: list = field(default_factory=list)
+    facts: dict = field(default_factory=dict)  # read from the compiled code (check_code)
 
 
 def _arg_type(value):
@@ -108,14 +112,14 @@ def _bind(kernel, grid, args, kwargs, case):
         if param.is_constexpr:
             signature[name] = "constexpr"
             constexprs[name] = v
-        elif isinstance(v, int) and not isinstance(v, bool) and v == 1:
+        elif isinstance(v, int) and not isinstance(v, bool) and v == 1 and not param.do_not_specialize:
             signature[name] = "constexpr"
             constexprs[name] = 1
         else:
             signature[name] = _arg_type(v)
             aligned = (v.storage_offset() * v.element_size()) % 16 == 0 if isinstance(v, torch.Tensor) else (
                 isinstance(v, int) and not isinstance(v, bool) and v % 16 == 0)
-            if aligned:
+            if aligned and not (param.do_not_specialize or param.do_not_specialize_on_alignment):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     if missing:
         raise TypeError(f"{kernel.__name__}: launch without arguments {missing} ({case})")
@@ -344,6 +348,200 @@ def _resource_usage(cubin, arch, name):
     return int(m.group(1)), int(m.group(2))
 
 
+# --- facts read from the compiled code ----------------------------------------------------------------------
+# Per-SM limits (CUDA occupancy calculator data, identical for sm_80 and sm_90 except shared memory): registers
+# are allocated per warp in units of 256, and the driver reserves 1 KiB of shared memory per block.
+SM_LIMITS = {80: dict(shared=164 * 1024), 90: dict(shared=228 * 1024)}
+SM_REGISTERS, SM_WARPS, SM_BLOCKS, REG_UNIT, SHARED_RESERVED = 65536, 64, 32, 256, 1024
+MIN_BLOCKS_PER_SM = 2
+# Copy-like kernels: (row length in elements, whether loads / stores must be 16 B wide) for a launch. A row of
+# 16-byte-aligned length is read or written with 16-byte accesses; the image side of patchify is a gather along
+# channels (not contiguous), so only its [N*K, P] side counts.
+COPY_KERNELS = {
+    "_copy_kernel": lambda c: (c.get("p", 0) * c.get("p", 0) * c.get("C", 0), c["TO_IMAGE"], not c["TO_IMAGE"]),
+    "_random_masking_fwd_kernel": lambda c: ("D", c["HAS_D"], c["HAS_D"]),
+    "_random_masking_bwd_kernel": lambda c: ("D", True, True),
+    "_forward_kernel": lambda c: ("D", True, True),
+    "_backward_rows_kernel": lambda c: ("D", True, True),
+}
+_INT_DIV = re.compile(r"= arith\.(divsi|divui|remsi|remui) (%[\w.#]+), (%[\w.#]+) : (.*?) loc\((#\w+)\)")
+_CONST = re.compile(r"^\s*(%[\w.#]+) = arith\.constant ")
+_LOC_DEF = re.compile(r"^(#\w+) = (loc\(.*)$")
+_PTX_LOC = re.compile(r"^\s*\.loc\s.*//\s*(\S+)$")
+_PTX_BLOCK = re.compile(r"^(?:\$L__(BB\d+_\d+):|// %bb\.\d+:)")
+_PTX_MEM = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)*)\s")
+_TILE_ACCESS = re.compile(r"tt\.(?:load|store) .*tensor<\d+x\d+x!tt\.ptr<(?:f16|bf16|f32|f64)>.* loc\((#\w+)\)")
+_APPROX = re.compile(r"\b(div\.full\.f32|div\.approx\.\S+|sqrt\.approx\.\S+|rcp\.approx\.\S+)")
+
+
+def blocks_per_sm(arch, registers, threads, shared):
+    """Resident blocks per SM that registers, warps and shared memory allow."""
+    warps = -(-threads // 32)
+    per_warp = -(-registers * 32 // REG_UNIT) * REG_UNIT
+    by_regs = (SM_REGISTERS // per_warp) // warps if per_warp else SM_BLOCKS
+    by_shared = SM_LIMITS[arch]["shared"] // (shared + SHARED_RESERVED)
+    return min(by_regs, by_shared, SM_WARPS // warps, SM_BLOCKS)
+
+
+def _source_line(loc, locs):
+    """file:line of an MLIR location alias (#locN), following named and call-site locations."""
+    for _ in range(20):
+        text = locs.get(loc, "")
+        m = re.search(r'"([^"]+\.py)":(\d+)', text)
+        if m:
+            return f"{os.path.basename(m.group(1))}:{m.group(2)}"
+        m = re.search(r"#\w+", text[4:])
+        if m is None:
+            break
+        loc = m.group(0)
+    return "?"
+
+
+def runtime_divisions(ttgir):
+    """Integer divisions and remainders by a run-time value in per-element index math: on a tensor in a kernel
+    without loops, anywhere inside a loop. A division by a constant is not one (LLVM turns it into a multiply);
+    a scalar one outside loops runs once per program."""
+    locs = dict(m.groups() for m in map(_LOC_DEF.match, ttgir.splitlines()) if m)
+    consts = {m.group(1) for m in map(_CONST.match, ttgir.splitlines()) if m}
+    has_loop = "scf.for" in ttgir or "scf.while" in ttgir
+    found, stack = [], []
+    for line in ttgir.splitlines():
+        s = line.strip()
+        if s.startswith("}"):
+            stack.pop()
+        m = _INT_DIV.search(line)
+        if m and m.group(3) not in consts:
+            op, _, _, ty, loc = m.groups()
+            in_loop = "loop" in stack
+            if in_loop or (ty.startswith("tensor<") and not has_loop):
+                found.append(f"arith.{op} on {ty.split(',')[0]}{'>' if ',' in ty else ''} "
+                             f"{'in a loop ' if in_loop else ''}at {_source_line(loc, locs)}")
+        if s.endswith("{"):
+            stack.append("loop" if ("scf.for" in s or "scf.while" in s or s.startswith("} do")) else "region")
+    return found
+
+
+def _ptx_main_loop(ptx):
+    """The PTX lines of the innermost loops (LLVM annotates every block with its loop), or all lines when the
+    kernel has no loop: where a copy kernel spends its time."""
+    blocks, inner = [], set()
+    for line in ptx.splitlines():
+        m = _PTX_BLOCK.match(line)
+        if m or not blocks:
+            blocks.append([m.group(1) if m else None, None, []])
+        block = blocks[-1]
+        if "Inner Loop Header" in line:
+            inner.add(block[0])
+            block[1] = block[0]
+        header = re.search(r"in Loop: Header=(BB\d+_\d+)", line)
+        if header:
+            block[1] = header.group(1)
+        block[2].append(line)
+    if not inner:
+        return ptx.splitlines()
+    return [line for label, header, lines in blocks if header in inner for line in lines]
+
+
+def _width(modifiers):
+    """Bytes moved by one ld/st.global with these modifiers (.v4.b32 -> 16)."""
+    vec = re.search(r"\.v(\d)", modifiers)
+    bits = re.search(r"\.[bfsu](\d+)$", modifiers)
+    return (int(vec.group(1)) if vec else 1) * int(bits.group(1)) // 8
+
+
+def _tile_access_lines(ttgir):
+    """file:line of the tt.load / tt.store of 2-D tiles of floating-point data: the rows a copy kernel moves
+    (not indices, nor 1-D vectors such as a mask token broadcast to every row)."""
+    locs = dict(m.groups() for m in map(_LOC_DEF.match, ttgir.splitlines()) if m)
+    return {_source_line(m.group(1), locs) for m in map(_TILE_ACCESS.search, ttgir.splitlines()) if m}
+
+
+def narrow_accesses(ptx, ttgir, loads, stores, want):
+    """Global loads / stores of the copied data tiles in the main loop narrower than `want` bytes:
+    [(instruction, file:line)]."""
+    data_lines = _tile_access_lines(ttgir)
+    found, where = [], "?"
+    for line in _ptx_main_loop(ptx):
+        loc = _PTX_LOC.match(line)
+        if loc:
+            where = loc.group(1).rsplit(":", 1)[0]
+        m = _PTX_MEM.search(line)
+        if m is None or not (loads if m.group(1) == "ld" else stores) or where not in data_lines:
+            continue
+        if _width(m.group(2)) < want:
+            found.append((f"{m.group(1)}.global{m.group(2)}", where))
+    return sorted(set(found))
+
+
+def approximate_divisions(ptx):
+    """Approximate division / square root instructions (Triton's `/` and tl.sqrt): [(instruction, file:line)]."""
+    found, where = [], "?"
+    for line in ptx.splitlines():
+        loc = _PTX_LOC.match(line)
+        if loc:
+            where = loc.group(1).rsplit(":", 1)[0]
+        m = _APPROX.search(line)
+        if m:
+            found.append((m.group(1), where))
+    return sorted(set(found))
+
+
+def _copy_width(launch):
+    """(bytes wanted, loads?, stores?) for a copy-like kernel's main loop, or None: 16 B where the row length
+    allows it, else the largest power of two dividing the row's bytes."""
+    spec = COPY_KERNELS.get(launch.kernel.__name__)
+    if spec is None:
+        return None
+    length, loads, stores = spec(launch.constexprs)
+    if isinstance(length, str):  # a run-time int: 16-divisible when the JIT specialized it so
+        index = list(launch.signature).index(length)
+        length = 16 if (index,) in launch.attrs else launch.constexprs.get(length, 1)
+    elt = min(int(re.search(r"\d+", t).group(0)) // 8 for n, t in launch.signature.items()
+              if t.startswith("*") and not t.startswith("*i"))
+    row_bytes = length * elt
+    return min(16, row_bytes & -row_bytes), loads, stores  # 0 when the length is unknown: nothing to check
+
+
+def _low_occupancy_reason(launch, ttgir):
+    """Why a launch may run fewer than MIN_BLOCKS_PER_SM blocks per SM, or None: the check is for the memory-
+    and integer-bound kernels, which hide latency with resident blocks."""
+    if "tt.dot" in ttgir or "warp_group_dot" in ttgir:
+        return "a tl.dot GEMM, whose pipelined tiles hide latency"
+    if launch.kernel.__name__ == "_random_masking_fwd_kernel" and launch.constexprs["BLOCK_L"] >= 8192:
+        return "the 8192-key sort (16 warps keep it spill-free; one program per sample)"
+    return None
+
+
+def check_code(res, ck):
+    """Adds to res.facts the speed facts of the compiled kernel and to res.problems each one that fails."""
+    launch, name = res.launch, res.launch.kernel.__name__
+    ptx = ck.asm["ptx"]
+    divisions = runtime_divisions(ck.asm["ttgir"])
+    res.facts["int div/rem (PTX)"] = len(re.findall(r"^\s*(?:@%p\d+ )?(?:div|rem)\.[su]\d+", ptx, re.M))
+    for d in divisions:
+        res.problems.append(f"{name}: runtime integer division in per-element index math, {d}: make the divisor a "
+                            f"constexpr or compute it once per row / program")
+    for instr, where in approximate_divisions(ptx):
+        res.problems.append(f"{name}: approximate {instr} at {where}, where exact results are promised: use "
+                            f"tl.math.div_rn / tl.sqrt_rn")
+    wanted = _copy_width(launch)
+    if wanted is not None:
+        want, loads, stores = wanted
+        res.facts["copy width B"] = want
+        for instr, where in narrow_accesses(ptx, ck.asm["ttgir"], loads, stores, want):
+            res.problems.append(f"{name}: {instr} at {where} in the main loop, narrower than the {want} B the row "
+                                f"alignment allows")
+    blocks = blocks_per_sm(res.arch, res.registers, res.threads, res.shared)
+    res.facts["blocks/SM"] = blocks
+    reason = _low_occupancy_reason(launch, ck.asm["ttgir"])
+    if blocks < MIN_BLOCKS_PER_SM and reason:
+        res.facts["allowed"] = reason
+    elif blocks < MIN_BLOCKS_PER_SM:
+        res.problems.append(f"{name}: {blocks} block(s) of {res.threads} threads per SM on sm_{res.arch} "
+                            f"({res.registers} registers/thread, {res.shared} B shared), fewer than "
+                            f"{MIN_BLOCKS_PER_SM}")
+
+
 def compile_one(launch, arch):
     import triton
     from triton.backends.compiler import GPUTarget
@@ -373,6 +571,7 @@ def compile_one(launch, arch):
     for dim, (g, cap) in enumerate(zip(launch.grid, GRID_LIMITS)):
         if g > cap:
             res.problems.append(f"grid[{dim}] = {g} > {cap}")
+    check_code(res, ck)
     res.ok = True
     return res
 
@@ -389,13 +588,15 @@ def summary(results):
         if not r.ok:
             continue
         key = (r.launch.kernel.fn.__module__.rsplit(".", 1)[-1], r.launch.kernel.__name__, r.arch)
-        n, smem, regs, threads, local, sec = rows.get(key, (0, 0, 0, 0, 0, 0.0))
+        n, smem, regs, threads, local, sec, blocks, divs = rows.get(key, (0, 0, 0, 0, 0, 0.0, 99, 0))
         rows[key] = (n + 1, max(smem, r.shared), max(regs, r.registers), max(threads, r.threads),
-                     max(local, r.local), max(sec, r.seconds))
+                     max(local, r.local), max(sec, r.seconds), min(blocks, r.facts.get("blocks/SM", 99)),
+                     max(divs, r.facts.get("int div/rem (PTX)", 0)))
     lines = ["| module | kernel | arch | variants | max shared B | max regs/thread | max threads | spills (local B) "
-             "| slowest compile s |", "|---|---|---|---|---|---|---|---|---|"]
-    for (mod, name, arch), (n, smem, regs, threads, local, sec) in sorted(rows.items()):
-        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} |")
+             "| slowest compile s | min blocks/SM | max int div/rem in PTX |", "|---" * 11 + "|"]
+    for (mod, name, arch), (n, smem, regs, threads, local, sec, blocks, divs) in sorted(rows.items()):
+        lines.append(f"| {mod} | {name} | sm_{arch} | {n} | {smem} | {regs} | {threads} | {local} | {sec:.1f} "
+                     f"| {blocks} | {divs} |")
     return "\n".join(lines)
 
 
@@ -423,7 +624,8 @@ def main(argv=None):
             failed += bool(bad)
             status = "FAIL" if bad else "ok  "
             usage = (f"smem {r.shared:6d} B, {r.registers:3d} regs x {r.threads:4d} thr, local {r.local} B, "
-                     f"{r.seconds:5.1f} s" if r.ok else "compile error")
+                     f"{r.seconds:5.1f} s, " + ", ".join(f"{k} {v}" for k, v in r.facts.items())
+                     if r.ok else "compile error")
             extra = ("; " + "; ".join(r.problems)) if r.problems else ""
             print(f"{status} sm_{arch} {usage}{extra} | {launch.case} | grid {launch.grid} | {launch.describe()}"[:400],
                   flush=True)
@@ -435,7 +637,7 @@ def main(argv=None):
             json.dump([dict(kernel=r.launch.kernel.__name__, arch=r.arch, ok=r.ok and not fatal(r), error=r.error,
                             shared=r.shared, registers=r.registers, local=r.local, threads=r.threads,
                             seconds=round(r.seconds, 2),
-                            problems=r.problems, launch=r.launch.describe(), grid=r.launch.grid,
+                            problems=r.problems, facts=r.facts, launch=r.launch.describe(), grid=r.launch.grid,
                             case=r.launch.case) for r in results], f, indent=1)
     table = summary(results)
     print(table)

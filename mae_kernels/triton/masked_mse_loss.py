@@ -6,7 +6,8 @@ backward through constexpr switches:
   grad_imgs      = (d - mean(d) - t * sum(d * t) / (P - 1)) / std   with d = -grad_pred[row]   (norm_pix_loss)
                  = d                                                                          (otherwise)
 Statistics in fp32: mean of the values shifted by the patch's first pixel, then the centred squares (two-pass
-variance), all from registers.
+variance), all from registers. Divisions are IEEE round-to-nearest (div_rn: Triton's `/` is approximate on GPUs).
+p and C are compile-time constants, so the per-element index math divides by constants (multiplications).
 """
 import torch
 import triton
@@ -23,11 +24,12 @@ def _masked_mse_rows_kernel(
     partial_ptr,    # [N * R] float32 out (WRITE_PARTIAL)
     grad_pred_ptr,  # [N, R, P] pred dtype out (WRITE_GRAD_PRED)
     grad_imgs_ptr,  # [N, C, H, W] imgs dtype, contiguous, zero-filled out (WRITE_GRAD_IMGS)
-    R, L, w_patches, P, C, p, H, W,
+    R, L, w_patches, H, W,
     s_n, s_c, s_h, s_w, eps,
-    HAS_IDS: tl.constexpr, NORM: tl.constexpr, WRITE_PARTIAL: tl.constexpr,
+    p: tl.constexpr, C: tl.constexpr, HAS_IDS: tl.constexpr, NORM: tl.constexpr, WRITE_PARTIAL: tl.constexpr,
     WRITE_GRAD_PRED: tl.constexpr, WRITE_GRAD_IMGS: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    P: tl.constexpr = p * p * C
     row = tl.program_id(0).to(tl.int64)
     n = row // R
     if HAS_IDS:
@@ -38,27 +40,28 @@ def _masked_mse_rows_kernel(
     l = tl.where(in_range, l, 0)
     w = tl.load(mask_ptr + n * L + l)
     w = tl.where(in_range, w, 0.0)
-    i = tl.arange(0, BLOCK).to(tl.int64)
+    i = tl.arange(0, BLOCK)  # int32: divided by constants below, widened before it meets a stride
     in_row = i < P
     active = i < tl.where(w != 0.0, P, 0)  # kept patches: no memory traffic
     # Patch vector element i = (pr * p + pc) * C + c  <->  pixel (c, hp * p + pr, wp * p + pc).
-    pr = i // (p * C)
-    pc = (i // C) % p
-    c = i % C
-    y_pix = (l // w_patches) * p + pr
-    x_pix = (l % w_patches) * p + pc
-    x = tl.load(imgs_ptr + n * s_n + c * s_c + y_pix * s_h + x_pix * s_w, mask=active, other=0.0).to(tl.float32)
+    pr = (i // (p * C)).to(tl.int64)
+    pc = (i // C % p).to(tl.int64)
+    c = (i % C).to(tl.int64)
+    y0 = (l // w_patches) * p  # the patch's corner: one division per row
+    x0 = (l % w_patches) * p
+    corner = imgs_ptr + n * s_n + y0 * s_h + x0 * s_w
+    x = tl.load(corner + c * s_c + pr * s_h + pc * s_w, mask=active, other=0.0).to(tl.float32)
     y = tl.load(pred_ptr + row * P + i, mask=active, other=0.0).to(tl.float32)
     if NORM:
         # Shifted by the patch's first pixel: exact for large offsets (two-pass variance on top).
         active0 = w != 0.0
-        shift = tl.load(imgs_ptr + n * s_n + (l // w_patches) * p * s_h + (l % w_patches) * p * s_w,
-                        mask=active0, other=0.0).to(tl.float32)
-        mean = shift + tl.sum(tl.where(active, x - shift, 0.0), axis=0) / P
+        shift = tl.load(corner, mask=active0, other=0.0).to(tl.float32)
+        mean = shift + tl.math.div_rn(tl.sum(tl.where(active, x - shift, 0.0), axis=0), P * 1.0)
         xc = tl.where(active, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / (P - 1)
-        std = tl.sqrt_rn(var + eps)
-        t = xc / std
+        var = tl.math.div_rn(tl.sum(xc * xc, axis=0), P - 1.0)
+        # Kept rows read nothing (var = 0): std 1 there, or eps = 0 would make their t = 0 / 0 = NaN.
+        std = tl.sqrt_rn(tl.where(active0, var + eps, 1.0))
+        t = tl.math.div_rn(xc, std)
     else:
         t = x
     diff = y - t  # 0 outside the active row
@@ -71,8 +74,9 @@ def _masked_mse_rows_kernel(
         if WRITE_GRAD_IMGS:
             d = -g
             if NORM:
-                d = (d - tl.sum(d, axis=0) / P - t * (tl.sum(d * t, axis=0) / (P - 1))) / std
-            dst = ((n * C + c) * H + y_pix) * W + x_pix
+                mean_d = tl.math.div_rn(tl.sum(d, axis=0), P * 1.0)
+                d = tl.math.div_rn(d - mean_d - t * tl.math.div_rn(tl.sum(d * t, axis=0), P - 1.0), std)
+            dst = ((n * C + c) * H + y0 + pr) * W + x0 + pc
             tl.store(grad_imgs_ptr + dst, d.to(grad_imgs_ptr.dtype.element_ty), mask=active)
 
 
@@ -98,9 +102,9 @@ def _launch(pred, imgs, mask, ids_rows, patch_size, norm_pix_loss, eps, scale, p
         partial if partial is not None else dummy,
         grad_pred if grad_pred is not None else dummy,
         grad_imgs if grad_imgs is not None else dummy,
-        R, L, W // patch_size, P, C, patch_size, H, W,
+        R, L, W // patch_size, H, W,
         *imgs.stride(), eps,
-        HAS_IDS=ids_rows is not None, NORM=norm_pix_loss, WRITE_PARTIAL=partial is not None,
+        p=patch_size, C=C, HAS_IDS=ids_rows is not None, NORM=norm_pix_loss, WRITE_PARTIAL=partial is not None,
         WRITE_GRAD_PRED=grad_pred is not None, WRITE_GRAD_IMGS=grad_imgs is not None,
         BLOCK=block, num_warps=max(1, min(16, block // 256)),
     )

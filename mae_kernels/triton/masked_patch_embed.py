@@ -18,7 +18,8 @@ def _masked_patch_embed_kernel(
         b_ptr,  # [D]
         pos_ptr,  # [1 + L, D] contiguous (row 0: cls), unused without HAS_POS
         out_ptr,  # [N * K, D] contiguous
-        M, K, D, R, p, grid_w, s_n, s_c, s_h, s_w,  # M = N * K rows, R = C * p * p reduction length
+        M, K, D, R, s_n, s_c, s_h, s_w,  # M = N * K rows, R = C * p * p reduction length
+        p: tl.constexpr, grid_w: tl.constexpr,  # constants: the index math below divides by them per element
         HAS_POS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -27,7 +28,7 @@ def _masked_patch_embed_kernel(
     col_mask = cols < D
     l = tl.load(ids_ptr + rows, mask=row_mask, other=0)
     row_off = (rows // K) * s_n + (l // grid_w) * p * s_h + (l % grid_w) * p * s_w  # patch corner
-    pp = p * p
+    pp: tl.constexpr = p * p
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K).to(tl.int64)
@@ -72,7 +73,8 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed):
     pos = pos_embed.reshape(-1, D).contiguous() if pos_embed is not None else bias  # any pointer when unused
     grid = (triton.cdiv(M, block_m), triton.cdiv(D, block_n))
     _masked_patch_embed_kernel[grid](
-        imgs, ids, weight.contiguous(), bias.contiguous(), pos, out, M, K, D, R, p, imgs.shape[3] // p,
-        *imgs.stride(), HAS_POS=pos_embed is not None, UPCAST=interpret and low, IEEE=imgs.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        imgs, ids, weight.contiguous(), bias.contiguous(), pos, out, M, K, D, R, *imgs.stride(),
+        p=p, grid_w=imgs.shape[3] // p, HAS_POS=pos_embed is not None, UPCAST=interpret and low,
+        IEEE=imgs.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        num_stages=stages)
     return out

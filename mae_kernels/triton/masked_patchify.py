@@ -8,54 +8,58 @@ import triton.language as tl
 
 
 @triton.jit
-def _patch_offsets(rows, cols, ids_ptr, row_mask, K, C, p, grid_w, s_n, s_c, s_h, s_w, HAS_IDS: tl.constexpr):
-    """Element offsets [BLOCK_M, BLOCK_P] into the image of entries `cols` of patch rows `rows` (= n * K + k)."""
-    if HAS_IDS:
-        l = tl.load(ids_ptr + rows, mask=row_mask, other=0)
-    else:
-        l = rows % K
-    row_off = (rows // K) * s_n + (l // grid_w) * p * s_h + (l % grid_w) * p * s_w
-    q = cols // C  # p_row * p + p_col
-    col_off = (cols % C) * s_c + (q // p) * s_h + (q % p) * s_w
-    return row_off[:, None] + col_off[None, :]
-
-
-@triton.jit
 def _copy_kernel(src_ptr,  # gather: the image [N, C, H, W] with strides s_*; scatter: [N * K, P] contiguous
                  ids_ptr,  # [N * K] int64 (unused without HAS_IDS)
                  dst_ptr,  # gather: [N * K, P] contiguous; scatter: the image (only the listed patches are written)
-                 M, K, P, C, p, grid_w, s_n, s_c, s_h, s_w,
+                 K, s_n, s_c, s_h, s_w,
+                 p: tl.constexpr, C: tl.constexpr, GRID_W: tl.constexpr,
                  TO_IMAGE: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Copies patch vectors between the image and their rows: a gather, or with TO_IMAGE a scatter."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = (rows < M)[:, None] & (cols < P)[None, :]
-    pixel = _patch_offsets(rows, cols, ids_ptr, rows < M, K, C, p, grid_w, s_n, s_c, s_h, s_w, HAS_IDS)
-    row = rows[:, None] * P + cols[None, :]
+    """Copies patch vectors between the image and their rows: a gather, or with TO_IMAGE a scatter. A program
+    copies BLOCK_M patches of one sample; p, C and the grid width are constants, so no index math divides at
+    run time except the one division per program that finds the sample."""
+    P: tl.constexpr = p * p * C
+    k_blocks = tl.cdiv(K, BLOCK_M)
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // k_blocks
+    k = (pid % k_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # int32: divided by constants, then widened
+    k_ok = k < K
+    mask = k_ok[:, None] & (cols < P)[None, :]
+    if HAS_IDS:
+        l = tl.load(ids_ptr + n * K + k, mask=k_ok, other=0)
+    else:
+        l = k
+    corner = n * s_n + (l // GRID_W) * p * s_h + (l % GRID_W) * p * s_w
+    q = cols // C  # p_row * p + p_col
+    in_patch = (cols % C).to(tl.int64) * s_c + (q // p).to(tl.int64) * s_h + (q % p).to(tl.int64) * s_w
+    pixel = corner[:, None] + in_patch[None, :]
+    row = (n * K + k)[:, None] * P + cols[None, :]
     if TO_IMAGE:
         tl.store(dst_ptr + pixel, tl.load(src_ptr + row, mask=mask), mask=mask)
     else:
         tl.store(dst_ptr + row, tl.load(src_ptr + pixel, mask=mask), mask=mask)
 
 
-def _blocks(M, P):
+def _blocks(N, K, P, element_size):
     # Whole patch vectors per program where possible: few program instances (the CPU interpreter pays per
-    # instance) and wide contiguous stores on the GPU.
+    # instance) and wide contiguous stores on the GPU: at most 4 warps, fewer for small tiles so that every
+    # thread still moves 16 bytes at a time.
     block_p = min(triton.next_power_of_2(P), 1024)
-    block_m = max(1, min(4096 // block_p, triton.next_power_of_2(M)))
-    return block_m, block_p, (triton.cdiv(M, block_m), triton.cdiv(P, block_p))
+    block_m = max(1, min(4096 // block_p, triton.next_power_of_2(K)))
+    warps = max(1, min(4, block_m * block_p * element_size // (16 * 32)))
+    return block_m, block_p, warps, (N * triton.cdiv(K, block_m), triton.cdiv(P, block_p))
 
 
 def _launch(to_image, src, ids, dst, img, N, K, p):
     C, W = img.shape[1], img.shape[3]
-    P, M = p * p * C, N * K
-    if M == 0 or P == 0:
+    P = p * p * C
+    if N * K == 0 or P == 0:
         return
-    block_m, block_p, grid = _blocks(M, P)
+    block_m, block_p, warps, grid = _blocks(N, K, P, img.element_size())
     has_ids = ids is not None
     ids = ids.contiguous() if has_ids else src  # any pointer when unused
-    _copy_kernel[grid](src, ids, dst, M, K, P, C, p, W // p, *img.stride(),
-                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p)
+    _copy_kernel[grid](src, ids, dst, K, *img.stride(), p=p, C=C, GRID_W=W // p,
+                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=warps)
 
 
 def gather(imgs, ids_keep, p):

@@ -26,7 +26,7 @@ def _uniform(seed, counter):
     return (r0 >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])  # a new offset every step: never a reason to recompile
 def _random_masking_fwd_kernel(
     x_ptr,            # [N, L, D] any dtype, strides (sxn, sxl, sxd); a dummy when D == 0
     noise_ptr,        # [N, L] float32, strides (snn, snl); a dummy when HAS_NOISE is False
