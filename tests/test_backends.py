@@ -109,7 +109,14 @@ def test_info_warns_below_the_version_floors(monkeypatch, capsys):
     assert "WARNING: torch 2.9.1 is older than 2.11" in capsys.readouterr().out
 
 
-def test_triton_interpreter_refuses_numpy_it_cannot_run_with():
+def test_triton_interpreter_refuses_numpy_it_cannot_run_with(monkeypatch):
     assert "numpy<2.4" in backends.interpreter_numpy_problem("3.6.0", "2.4.6")
     assert backends.interpreter_numpy_problem("3.6.0", "2.3.5") is None
     assert backends.interpreter_numpy_problem("3.8.0", "2.4.6") is None
+    triton = pytest.importorskip("triton")
+    numpy = pytest.importorskip("numpy")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    assert "triton-lang/triton#9171" in backends.why_not("triton", "cpu")
+    assert backends.why_not("triton", "cuda") is None  # compiled kernels do not use numpy
