@@ -8,7 +8,7 @@ DEPS    := transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pyt
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 
-.PHONY: venv install build test test-isa demo bench bench-compare gpu-check gpu-compare clean
+.PHONY: venv install build test test-isa test-floor demo bench bench-compare gpu-check gpu-compare clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -42,6 +42,40 @@ test-isa: install
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -k "not triton" $(ISA_SUITES)
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -k "not triton and not compile" $(ISA_SUITES)
 
+# The oldest supported versions (pyproject's floors): torch 2.11 and the triton it brings (3.6), in .venv-floor.
+# Built in a copy of the sources (build/floor), so the main in-place build stays as it is. Lean: the op suites,
+# the Triton interpreter cases of the other suites, model, validation, info, the Triton AOT check and the CUDA
+# resource check, in one pytest per core (python/run_tests_parallel.py).
+# numpy<2.4: triton 3.6's interpreter turns runtime loop bounds into ints with int() of a 1-element array, which
+# numpy 2.4 refuses (triton-lang/triton#9171; no loop form avoids it). The compiled kernels do not use numpy.
+FLOOR_VENV  ?= .venv-floor
+FLOOR_PY    := $(CURDIR)/$(FLOOR_VENV)/bin/python
+FLOOR_TORCH ?= torch==2.11.0
+FLOOR_DEPS  := ninja "numpy<2.4" setuptools wheel pybind11 pytest pytest-benchmark hypothesis
+FLOOR_SRC   := build/floor
+FLOOR_TESTS ?= tests/test_random_masking.py tests/test_patchify.py \
+               tests/test_masked_patch_embed.py tests/test_masked_mse_loss.py tests/test_unshuffle_with_mask_tokens.py \
+               tests/test_model.py tests/test_validation.py tests/test_backends.py tests/test_cuda_resources.py
+# The AOT check (minutes) heads the second, shorter selection: run_tests_parallel splits by count, not time.
+FLOOR_TRITON_TESTS ?= tests/test_triton_compile.py tests/test_debug_mode.py tests/test_determinism.py tests/test_large_index.py \
+               tests/test_layouts.py tests/test_nonfinite.py tests/test_properties.py tests/test_memory.py
+
+$(FLOOR_VENV)/.deps:
+	python3 -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+	$(FLOOR_PY) -m pip install -q "$(FLOOR_TORCH)" $(FLOOR_DEPS)
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.deps
+	mkdir -p $(FLOOR_SRC)
+	tar -c --exclude=./build --exclude='./.venv*' --exclude=./.git --exclude=__pycache__ --exclude='*.so' \
+	  --exclude=./mae_kernels/_build_info.py --exclude=./runs . | tar -x -C $(FLOOR_SRC)
+	cd $(FLOOR_SRC) && $(FLOOR_PY) setup.py -q build_ext --inplace
+	cd $(FLOOR_SRC) && TRITON_INTERPRET=1 $(FLOOR_PY) -m mae_kernels info
+	cd $(FLOOR_SRC) && $(FLOOR_PY) python/run_tests_parallel.py --junitxml ../floor-ops.xml -- $(FLOOR_TESTS)
+	cd $(FLOOR_SRC) && $(FLOOR_PY) python/run_tests_parallel.py --junitxml ../floor-triton.xml -- \
+	  -k triton $(FLOOR_TRITON_TESTS)
+
 # Trains the tiny MAE on the embedded photographs; writes runs/demo/{reconstruction,loss_curve}.png.
 demo: install
 	$(PY) -m mae_kernels pretrain
@@ -71,4 +105,4 @@ gpu-compare:
 	exit $$rc
 
 clean:
-	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV)
+	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV) $(FLOOR_VENV)

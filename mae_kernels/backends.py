@@ -7,6 +7,7 @@ An explicitly requested backend that cannot run raises BackendUnavailable saying
 """
 import contextlib
 import os
+import re
 import threading
 
 from . import _ext
@@ -18,6 +19,22 @@ _state = threading.local()
 
 class BackendUnavailable(RuntimeError):
     pass
+
+
+def release(version):
+    """(major, minor) of a version string such as "2.11.0+cu130" or "3.6.0"; (0, 0) when unreadable."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def interpreter_numpy_problem(triton_version, numpy_version):
+    """triton 3.6's interpreter (and older) turns a runtime loop bound into a Python int with int() of a
+    1-element numpy array, which numpy >= 2.4 refuses (triton-lang/triton#9171; triton 3.8 squeezes it first).
+    No loop form avoids it (range and tl.range alike), so such a pair cannot run our kernels on CPU tensors."""
+    if release(triton_version) < (3, 7) and release(numpy_version) >= (2, 4):
+        return (f"the Triton interpreter of triton {triton_version} fails with numpy {numpy_version} "
+                "(triton-lang/triton#9171): install numpy<2.4 or a newer triton")
+    return None
 
 
 def _check_name(name, source):
@@ -52,11 +69,17 @@ def use_backend(name):
 def triton_problem(device_type):
     """Why Triton cannot run on this device type, or None."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as e:
         return f"triton is not installed ({e})"
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing triton"
+    if device_type == "cpu":
+        import numpy
+
+        problem = interpreter_numpy_problem(triton.__version__, numpy.__version__)
+        if problem is not None:
+            return problem
     if device_type not in ("cpu", "cuda"):
         return f"no Triton support for device type {device_type!r}"
     return None

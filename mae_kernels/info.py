@@ -6,6 +6,17 @@ import torch
 
 from . import _ext, backends
 
+# The oldest versions tested (the CI floor leg, `make test-floor`); pyproject.toml states the same lower bounds
+# (tests/test_backends.py checks that they agree).
+FLOORS = {"torch": (2, 11), "triton": (3, 6)}
+
+
+def version_warnings(versions):
+    """A warning for each package in FLOORS whose version in `versions` (name -> version or None) is older."""
+    return [f"{name} {versions[name]} is older than {'.'.join(map(str, floor))}, the oldest version mae_kernels "
+            f"is tested with: upgrade it" for name, floor in FLOORS.items()
+            if versions.get(name) is not None and backends.release(versions[name]) < floor]
+
 
 def collect():
     try:
@@ -34,6 +45,8 @@ def main(argv=None):
     print(f"mae_kernels {__version__}")
     for key in ("python", "torch", "torch_cuda", "triton", "gpu"):
         print(f"  {key:<11} {info[key]}")
+    for warning in version_warnings(info):
+        print(f"  WARNING: {warning}")
     print("  extension   " + ", ".join(f"{k}={v}" for k, v in info["extension"].items()))
     if not torch.cuda.is_available():
         print("  (no CUDA device visible: the cuda backend, and triton on GPU, cannot run here)")

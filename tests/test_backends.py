@@ -1,4 +1,5 @@
 """Backend choice, overrides, and the reasons a backend cannot run; build info and `mae-kernels info`."""
+import os
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import mae_kernels
-from mae_kernels import _ext, backends
+from mae_kernels import _ext, backends, info
 
 
 def test_extension_loaded_and_matches_torch():
@@ -87,3 +88,35 @@ def test_info_command_runs():
     out = subprocess.run([sys.executable, "-m", "mae_kernels", "info"], capture_output=True, text=True, check=True)
     assert "torch" in out.stdout and "backends for cpu tensors" in out.stdout
     assert ("usable" in out.stdout) and ("unusable: tensors are on cpu" in out.stdout)
+
+
+def test_version_floors_are_pyprojects_lower_bounds():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")) as f:
+        pyproject = f.read()
+    for name, floor in info.FLOORS.items():
+        assert f'"{name}>={floor[0]}.{floor[1]}"' in pyproject, f"pyproject.toml does not state {name}'s floor"
+
+
+def test_info_warns_below_the_version_floors(monkeypatch, capsys):
+    assert info.version_warnings({"torch": "2.11.0+cu130", "triton": "3.6.0"}) == []
+    assert info.version_warnings({"torch": "2.14.1", "triton": None}) == []  # no triton: nothing to warn about
+    old = info.version_warnings({"torch": "2.10.0+cu128", "triton": "3.5.1"})
+    assert len(old) == 2 and "torch 2.10.0+cu128 is older than 2.11" in old[0] and "triton 3.5.1" in old[1]
+
+    collect = info.collect
+    monkeypatch.setattr(info, "collect", lambda: dict(collect(), torch="2.9.1"))
+    info.main([])
+    assert "WARNING: torch 2.9.1 is older than 2.11" in capsys.readouterr().out
+
+
+def test_triton_interpreter_refuses_numpy_it_cannot_run_with(monkeypatch):
+    assert "numpy<2.4" in backends.interpreter_numpy_problem("3.6.0", "2.4.6")
+    assert backends.interpreter_numpy_problem("3.6.0", "2.3.5") is None
+    assert backends.interpreter_numpy_problem("3.8.0", "2.4.6") is None
+    triton = pytest.importorskip("triton")
+    numpy = pytest.importorskip("numpy")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    assert "triton-lang/triton#9171" in backends.why_not("triton", "cpu")
+    assert backends.why_not("triton", "cuda") is None  # compiled kernels do not use numpy
