@@ -23,9 +23,11 @@ int64_t num_blocks(int64_t total) {
 
 template <bool kToImage, typename word>
 void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
-  const int64_t total = N * K * lay.p * lay.p * lay.C;
-  copy_patches_kernel<kToImage, word>
-      <<<num_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(src, ids, lay, N, K, dst);
+  const int64_t P = lay.p * lay.p * lay.C;
+  const int64_t total = N * K * P;
+  const int64_t blocks = num_blocks(total), stride = blocks * kThreads;
+  copy_patches_kernel<kToImage, word><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      src, ids, lay, FastDivmod(P), FastDivmod(K), total, (total + stride - 1) / stride, dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
