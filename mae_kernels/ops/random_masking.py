@@ -4,9 +4,9 @@ Compiled op mae_kernels::random_masking (CPU, CUDA) and its Triton twin random_m
   (x [N, L, D], noise [N, L] float32 or None, len_keep, seed, offset) -> (x_masked [N, K, D], mask [N, L] f32,
                                                                            ids_restore [N, L] i64, ids_keep [N, K] i64)
 With noise None the cuda and triton kernels draw the same Philox4x32-10 numbers from (seed, offset) (subsequence
-n*L + l, counter offset / 4, torch's own convention; torch.manual_seed reproduces them); the CPU kernel always gets noise (torch.rand, exactly as
-the official code). Ties in the noise: lower index first, NaN last, on every backend. The cuda and triton
-kernels sort one row per block / program: L <= MAX_L, checked here.
+n*L + l, counter offset / 4, torch's own convention; torch.manual_seed reproduces them); the CPU kernel always
+gets noise (torch.rand, exactly as the official code). Ties in the noise: lower index first, NaN last, on every
+backend. The cuda and triton kernels sort one row per block / program: L <= MAX_L, checked here.
 """
 import torch
 

@@ -43,8 +43,8 @@ __global__ void unshuffle_forward_kernel(const x_t* __restrict__ x, int64_t sxn,
   }
 }
 
-// Stage 1 of the backward, over one chunk of kSumChunk samples per blockIdx.z (chunks >= 1 of them) (many blocks, each thread with
-// up to kSumChunk independent loads). grad: [N, R, D] contiguous; grad_x: [N, c + K, D]; chunk_pos and
+// Stage 1 of the backward, one chunk of kSumChunk samples per blockIdx.z (chunks >= 1 of them): many blocks, each
+// thread with up to kSumChunk independent loads. grad: [N, R, D] contiguous; grad_x: [N, c + K, D]; chunk_pos and
 // chunk_mask: [chunks, R, D] f32, per chunk and output row the sum of its gradients (all, and the mask-token
 // ones). Block: blockIdx.x = output row j (grid-stride), blockIdx.y * blockDim.x + threadIdx.x = column d.
 // Each grad_out element is read once, each grad_x element written once.
