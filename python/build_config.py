@@ -135,7 +135,9 @@ def extension_kwargs():
     if build_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("MAE_KERNELS_WITH_CUDA", "1"))
-        nvcc = ["-O0", "-G", "-g"] if debug else ["-O3", "--use_fast_math", "-lineinfo"]
+        # No --use_fast_math: the kernels are memory- or integer-bound, and its flush-to-zero adds and approximate
+        # division / sqrt would break the bit-exact sums and the fp32 statistics (tests/test_cuda_resources.py).
+        nvcc = ["-O0", "-G", "-g"] if debug else ["-O3", "-lineinfo"]
         nvcc += ["--expt-relaxed-constexpr"]
         kwargs["include_dirs"] += cuda_include_dirs()
         kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}

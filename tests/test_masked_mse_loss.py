@@ -434,6 +434,39 @@ def test_gpu_mae_base_shape(backend, dtype):
     assert_close("grad removed-only", gp, torch.gather(got[1], 1, ids_shuffle[:, K:, None].expand(-1, -1, P)), 0)
 
 
+def _pred_view_loss_and_grad(backend, pred, imgs, mask, p, upstream, ids_shuffle=None):
+    """Loss and pred gradient for pred passed as the model passes it, x[:, 1:, :] of a [N, 1 + R, P] tensor, and
+    the loss scaled by `upstream` before backward."""
+    x = torch.cat([torch.zeros_like(pred[:, :1]), pred], dim=1).requires_grad_()
+    with mae_kernels.use_backend(backend):
+        loss = mae_kernels.masked_mse_loss(x[:, 1:, :], imgs, mask, p, ids_shuffle=ids_shuffle)
+    (grad,) = torch.autograd.grad(loss * upstream, x)
+    return loss.detach(), grad[:, 1:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_strided_pred_and_scaled_upstream_gradient(backend, dtype):
+    """The model's pred view (read in place by the compiled kernels) and its removed-only slice of ids_shuffle
+    give the contiguous results bit for bit; an upstream gradient g scales the stored gradient with one rounding
+    ((grad for g = 1).float() * g, then the pred dtype)."""
+    C, H, W, p = SHAPES[1]
+    pred, imgs, mask = make_inputs(C, H, W, p, N=2, dtype=dtype)
+    g = torch.tensor(1 / 3)
+    loss, grad = _pred_view_loss_and_grad(backend, pred, imgs, mask, p, g)
+    want_loss, want_one, _ = run_loss(backend, pred, imgs, mask, p, True)
+    assert torch.equal(loss, want_loss), f"loss {loss.item()!r} != {want_loss.item()!r} for a strided pred"
+    assert_close("grad pred (upstream 1/3)", grad, (want_one.float() * g).to(dtype), 0)
+    ids_shuffle = torch.argsort(torch.rand(mask.shape), dim=1)
+    K = mask.shape[1] // 4  # kept: ids_shuffle[:, :K]; the prediction rows are a strided slice of ids_shuffle
+    mask = torch.zeros_like(mask).scatter_(1, ids_shuffle[:, K:], 1.0)
+    removed = torch.gather(pred, 1, ids_shuffle[:, K:, None].expand(-1, -1, pred.shape[2]))
+    loss, grad = _pred_view_loss_and_grad(backend, removed, imgs, mask, p, 1.0, ids_shuffle=ids_shuffle)
+    want_loss, want_grad, _ = run_loss(backend, removed, imgs, mask, p, True, ids_shuffle=ids_shuffle)
+    assert torch.equal(loss, want_loss), "removed-only layout: strided pred changed the loss"
+    assert_close("grad pred (removed-only, strided)", grad, want_grad, 0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_gpu_edge_cases(backend):

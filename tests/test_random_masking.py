@@ -360,13 +360,14 @@ def test_compile_fullgraph(backend, device):
     _assert_equal("grad_x", gx, gr)
 
 
-def _philox_uniform(seed, counters):
-    """The documented noise stream (mae_kernels/triton/random_masking.py): Philox4x32-10 keyed by seed at
-    counter (c lo32, c hi32, 0, 0), first output >> 8, times 2^-24. Plain Python, for a few hundred counters."""
+def _philox_uniform(seed, offset, subsequences):
+    """The documented noise stream (mae_kernels/triton/random_masking.py), torch's curand_init(seed, s, offset)
+    convention: Philox4x32-10 keyed by seed at counter (offset / 4 lo32, hi32, s lo32, s hi32), first output
+    >> 8, times 2^-24. Plain Python, for a few hundred subsequences."""
     M = 0xFFFFFFFF
     out = []
-    for c in counters:
-        c0, c1, c2, c3 = c & M, (c >> 32) & M, 0, 0
+    for s in subsequences:
+        c0, c1, c2, c3 = (offset // 4) & M, (offset // 4) >> 32, s & M, (s >> 32) & M
         k0, k1 = seed & M, (seed >> 32) & M
         for _ in range(10):
             p0, p1 = 0xCD9E8D57 * c2, 0xD2511F53 * c0
@@ -382,12 +383,12 @@ def _philox_uniform(seed, counters):
     # test_gpu_cuda_and_triton_draw_the_same_noise checks the two agree on a GPU.
     pytest.param(lambda *args: torch.ops.mae_kernels.random_masking(*args), id="cuda",
                  marks=pytest.mark.cuda_emulation)])
-@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 33) - 40)])
+@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 8), ((1 << 62) + 12345, (1 << 35) - 40)])
 def test_noise_is_the_documented_philox_stream(kernel, seed, offset):
     N, L, keep = 2, 300, 75
     x = torch.randn(N, L, 3)
     got = kernel(x, None, keep, seed, offset)
-    noise = _philox_uniform(seed, range(offset, offset + N * L)).view(N, L)
+    noise = _philox_uniform(seed, offset, range(N * L)).view(N, L)
     want = _reference(x, 0.75, noise)
     for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
         _assert_equal(name, u, v)

@@ -137,7 +137,7 @@ float gradient_scale(const at::Tensor& mask, int64_t P, float grad_loss) {
 void run(const at::Tensor& pred, const at::Tensor& imgs, const at::Tensor& mask, const at::Tensor* ids,
          int64_t patch_size, bool norm, double eps, float scale, at::Tensor* partial, at::Tensor* grad_pred,
          at::Tensor* grad_imgs) {
-  const MseLossGeometry g = mse_loss_geometry(pred, imgs, mask, patch_size, norm, eps);
+  const MseLossGeometry g = mse_loss_geometry(pred, imgs, mask, ids, patch_size, norm, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_mse_loss_cpu", [&] {
     using pred_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, imgs.scalar_type(), "masked_mse_loss_cpu", [&] {

@@ -16,16 +16,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int64_t num_blocks(int64_t total) {
-  const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, cap));
-}
-
 template <bool kToImage, typename word>
 void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
-  const int64_t total = N * K * lay.p * lay.p * lay.C;
-  copy_patches_kernel<kToImage, word>
-      <<<num_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(src, ids, lay, N, K, dst);
+  // Blocks: one per row up to 8 per SM (a full SM at kThreads = 256), each then walks rows grid-stride.
+  const int64_t rows = N * K;
+  const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(rows, cap));
+  copy_patches_kernel<kToImage, word, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      src, ids, lay, FastDivmod(K), rows, lay.p * lay.p * lay.C, dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -37,7 +37,7 @@ at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x, const at::Tensor
       cuda::unshuffle_forward_kernel<x_t, scalar_t><<<blocks, threads_for(f.D), 0, stream>>>(
           x.const_data_ptr<x_t>(), x.stride(0), x.stride(1), x.stride(2), f.mask_token.const_data_ptr<float>(),
           f.ids.const_data_ptr<int64_t>(), f.pos.defined() ? f.pos.const_data_ptr<float>() : nullptr, f.N, f.L,
-          f.K, f.D, f.c, f.out.data_ptr<scalar_t>());
+          f.K, f.D, f.c, FastDivmod(f.c + f.L), f.out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -57,21 +57,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backwa
     b.grad_mask.zero_();
     return {b.grad_x, b.grad_mask, b.grad_pos};
   }
-  auto partial = at::empty({R, D}, b.grad_mask.options());
+  // Stage 1 in chunks of the batch (about 8x more blocks than rows x columns at N = 256), then the chunk sums
+  // in a fixed order (stage 2), then the sum over rows (stage 3): deterministic, no atomics.
+  const int64_t chunks = std::max<int64_t>(1, (b.N + cuda::kSumChunk - 1) / cuda::kSumChunk);  // N may be 0
+  const auto f32 = b.grad_mask.options();
+  auto chunk_pos = at::empty({chunks, R, D}, f32), chunk_mask = at::empty({chunks, R, D}, f32);
+  auto partial = at::empty({R, D}, f32);
   const int threads = threads_for(D);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(R, 65535 * 16)),
-                  static_cast<unsigned>((D + threads - 1) / threads));
+                  static_cast<unsigned>((D + threads - 1) / threads),
+                  static_cast<unsigned>(std::min<int64_t>(chunks, 65535)));
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "unshuffle_bwd_g", [&] {
     using g_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_dtype, "unshuffle_bwd_x", [&] {
       cuda::unshuffle_backward_rows_kernel<g_t, scalar_t><<<grid, threads, 0, stream>>>(
-          b.grad.const_data_ptr<g_t>(), b.ids.const_data_ptr<int64_t>(), b.N, R - b.c, K, D, b.c,
-          b.grad_x.data_ptr<scalar_t>(), pos_grad ? b.grad_pos.data_ptr<float>() : nullptr,
-          partial.data_ptr<float>());
+          b.grad.const_data_ptr<g_t>(), b.ids.const_data_ptr<int64_t>(), b.N, R - b.c, K, D, b.c, chunks,
+          b.grad_x.data_ptr<scalar_t>(), chunk_pos.data_ptr<float>(), chunk_mask.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  const int64_t RD = R * D;
+  cuda::unshuffle_backward_chunks_kernel<<<static_cast<unsigned>(std::min<int64_t>((RD + kThreads - 1) / kThreads,
+                                                                                   kMaxBlocks)),
+                                           kThreads, 0, stream>>>(
+      chunk_pos.const_data_ptr<float>(), chunk_mask.const_data_ptr<float>(), chunks, R, D,
+      pos_grad ? b.grad_pos.data_ptr<float>() : nullptr, partial.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   cuda::unshuffle_backward_mask_sum_kernel<<<static_cast<unsigned>((D + kThreads - 1) / kThreads), kThreads, 0,
                                              stream>>>(partial.const_data_ptr<float>(), R, D,
                                                        b.grad_mask.data_ptr<float>());

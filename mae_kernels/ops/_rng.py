@@ -7,7 +7,9 @@ _INT63 = (1 << 63) - 1
 
 
 def seed_offset(device, generator, increment):
-    """(seed, offset) for a kernel that consumes `increment` Philox counters on `device`."""
+    """(seed, offset) for a kernel on `device` whose threads (Philox subsequences) each use at most `increment`
+    numbers from the offset on: torch's convention (curand_init(seed, subsequence, offset)), so the numbers of
+    later torch kernels, which start at the advanced offset, never coincide with these."""
     if device.type == "cuda":
         gen = generator if generator is not None else torch.cuda.default_generators[
             device.index if device.index is not None else torch.cuda.current_device()]

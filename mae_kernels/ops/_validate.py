@@ -108,8 +108,7 @@ def check_index_range(name, ids, L, what="patch indices"):
     if torch.compiler.is_compiling() or cuda_graph_capturing(ids):
         torch._assert_async(((ids >= 0) & (ids < L)).all(), f"{name} values must be {what} in [0, {L})")
         return
-    lo, hi = torch.aminmax(ids)
-    lo, hi = int(lo), int(hi)
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one device-to-host copy
     if lo < 0 or hi >= L:
         raise ValueError(f"{name} values must be {what} in [0, {L}) (L = number of patches), "
                          f"got values in [{lo}, {hi}]")

@@ -71,7 +71,9 @@ def _make_backward(backward_op):
         need_pred, need_imgs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_pred = grad_imgs = None
         if need_pred and ctx.stored_grad:
-            grad_pred = (stored.float() * grad_loss).to(stored.dtype)  # exact for grad_loss == 1
+            # One pass: a [1]-shaped fp32 factor makes the product fp32 (a 0-dim CUDA tensor would be rounded
+            # to stored's dtype first), rounded once into the output dtype, as stored.float() * grad_loss.
+            grad_pred = torch.mul(stored, grad_loss.float().reshape(1), out=torch.empty_like(stored))
             need_pred = False
         if need_pred or need_imgs:
             gp, gi = backward_op(grad_loss, pred, imgs, mask, ids_rows, *ctx.args, need_pred, need_imgs)
@@ -113,7 +115,7 @@ def _validate(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle):
     check_tensor("ids_shuffle", ids_shuffle, ndim=2, dtypes=(torch.int64,), device=imgs.device, shape=(N, L))
     if pred.shape[1] > L:
         raise ValueError(f"pred must have at most L={L} rows with ids_shuffle, got {pred.shape[1]}")
-    ids_rows = ids_shuffle[:, L - pred.shape[1]:].contiguous()
+    ids_rows = ids_shuffle[:, L - pred.shape[1]:]  # a view: the compiled kernels read it by strides
     check_index_range("ids_shuffle", ids_rows, L)  # the rows the kernels read; the rest only in debug mode
     check_permutation_rows("ids_shuffle", ids_shuffle)  # MAE_KERNELS_DEBUG=1 only
     check_mask_zero_on_kept(mask, ids_shuffle, L - pred.shape[1])  # MAE_KERNELS_DEBUG=1 only
@@ -149,8 +151,10 @@ def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6, 
         return _reference(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle)
     with_grad = torch.is_grad_enabled() and pred.requires_grad
     mask = mask.to(torch.float32).contiguous()
-    loss, _ = OPS[backend](pred.contiguous(), imgs, mask, ids_rows, patch_size, norm_pix_loss, float(eps),
-                           with_grad)
+    if backend == "triton":  # its kernels read contiguous pred and ids rows; the compiled ones take row strides
+        pred = pred.contiguous()
+        ids_rows = ids_rows.contiguous() if ids_rows is not None else None
+    loss, _ = OPS[backend](pred, imgs, mask, ids_rows, patch_size, norm_pix_loss, float(eps), with_grad)
     return loss
 
 

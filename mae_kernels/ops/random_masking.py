@@ -3,10 +3,10 @@
 Compiled op mae_kernels::random_masking (CPU, CUDA) and its Triton twin random_masking_triton share one schema:
   (x [N, L, D], noise [N, L] float32 or None, len_keep, seed, offset) -> (x_masked [N, K, D], mask [N, L] f32,
                                                                            ids_restore [N, L] i64, ids_keep [N, K] i64)
-With noise None the cuda and triton kernels draw the same Philox4x32-10 numbers from (seed, offset) (counter
-offset + n*L + l; torch.manual_seed reproduces them); the CPU kernel always gets noise (torch.rand, exactly as
-the official code). Ties in the noise: lower index first, NaN last, on every backend. The cuda and triton
-kernels sort one row per block / program: L <= MAX_L, checked here.
+With noise None the cuda and triton kernels draw the same Philox4x32-10 numbers from (seed, offset) (subsequence
+n*L + l, counter offset / 4, torch's own convention; torch.manual_seed reproduces them); the CPU kernel always
+gets noise (torch.rand, exactly as the official code). Ties in the noise: lower index first, NaN last, on every
+backend. The cuda and triton kernels sort one row per block / program: L <= MAX_L, checked here.
 """
 import torch
 
@@ -107,7 +107,7 @@ def _run(x, mask_ratio, noise, generator):
             # fresh at every CUDA graph replay (a seed/offset pair read here would be frozen into the graph).
             noise = torch.rand(N, L, device=x.device, generator=generator)
         else:
-            seed, offset = seed_offset(x.device, generator, N * L)  # one counter per element
+            seed, offset = seed_offset(x.device, generator, 4)  # one Philox block of 4 per element
     return OPS[backend](x, noise, keep, seed, offset)
 
 

@@ -5,8 +5,11 @@ Sort key: the float32 noise bits mapped to an int32 whose order is the float ord
 every NaN mapped to the largest key), shifted up 32 bits, OR the index: a plain int64 sort then gives exactly
 torch.argsort(noise, dim=1, stable=True) (NaN last, ties by lower index).
 
-Noise None: u[n, l] = (philox4x32_10(key=seed, counter=(c lo32, c hi32, 0, 0)).x >> 8) * 2^-24 with
-c = offset + n*L + l: float32 uniform in [0, 1) with 24 bits, like torch.rand. The CUDA kernel draws the same.
+Noise None: u[n, l] = (philox4x32_10(key=seed, counter=(o lo32, o hi32, s lo32, s hi32)).x >> 8) * 2^-24 with
+o = offset / 4 and subsequence s = n*L + l: float32 uniform in [0, 1) with 24 bits, like torch.rand. This is
+torch's own convention (curand_init(seed, subsequence, offset)): the generator's offset counts Philox outputs in
+units of 4 and each element consumes one block of 4, so the caller advances it by 4 and no later torch kernel
+draws these numbers again. The CUDA kernel draws the same.
 """
 import torch
 import triton
@@ -17,12 +20,15 @@ _INT64_MAX = tl.constexpr(9223372036854775807)  # a compiled kernel reads only c
 
 
 @triton.jit
-def _uniform(seed, counter):
-    """float32 in [0, 1) from Philox4x32-10 keyed by seed at the 64-bit counter (int64 tensor)."""
-    c_lo = counter.to(tl.uint32)  # truncation: the low 32 bits
-    c_hi = (counter >> 32).to(tl.uint32)
-    zero = c_lo * 0
-    r0, _r1, _r2, _r3 = tl.philox(seed, c_lo, c_hi, zero, zero)
+def _uniform(seed, offset, subsequence):
+    """float32 in [0, 1) from Philox4x32-10 keyed by seed: counter (offset / 4, subsequence), both 64-bit (the
+    subsequence an int64 tensor), first output."""
+    block = offset.to(tl.int64) // 4  # an int32 argument when small: widen before the 32-bit shift
+    s_lo = subsequence.to(tl.uint32)  # truncation: the low 32 bits
+    s_hi = (subsequence >> 32).to(tl.uint32)
+    o_lo = s_lo * 0 + block.to(tl.uint32)
+    o_hi = s_lo * 0 + (block >> 32).to(tl.uint32)
+    r0, _r1, _r2, _r3 = tl.philox(seed, o_lo, o_hi, s_lo, s_hi)
     return (r0 >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
@@ -45,7 +51,7 @@ def _random_masking_fwd_kernel(
     if HAS_NOISE:
         v = tl.load(noise_ptr + n * snn + l * snl, mask=valid, other=0.0)
     else:
-        v = _uniform(seed, offset + n * L + l)
+        v = _uniform(seed, offset, n * L + l)
     # Zero and NaN from the bits: compiled float compares flush denormals to zero (denormal v == 0.0).
     bits = v.to(tl.int32, bitcast=True)
     magnitude = bits & 0x7FFFFFFF

@@ -1,6 +1,7 @@
 // Torch-free CUDA kernel of the masked MSE loss: one block per prediction row (a patch). The target patch is
 // read straight from imgs by strides; rows with mask weight 0 read nothing. Passes over the row (re-reads hit
 // L1/L2): mean, centred squares (two-pass variance), loss + gradients, then the imgs gradient when asked.
+// Two one-block kernels frame it: the gradient scale (from mask.sum()) before, the loss total after.
 // The maths is in mae_kernels/triton/masked_mse_loss.py's docstring. All reductions are block-local and
 // deterministic (one partial per row, summed afterwards).
 #pragma once
@@ -30,16 +31,45 @@ __device__ __forceinline__ float block_sum(float v, Shared shared) {
 // Offset in imgs of patch-vector element i = (pr * p + pc) * C + c of the patch at (y0, x0) of sample n.
 __device__ __forceinline__ int64_t src_offset(const MseLossGeometry& g, int64_t n, int64_t y0, int64_t x0,
                                               int64_t i, int64_t* dst) {
-  // 32-bit division (P < 2^31, checked by the launcher), 64-bit addresses.
-  const int ii = static_cast<int>(i), C = static_cast<int>(g.C), p = static_cast<int>(g.p);
-  const int64_t c = ii % C, pc = (ii / C) % p, pr = ii / (p * C);
+  int64_t c, pc;
+  const int64_t pr = g.div_p.divmod(g.div_C.divmod(i, &c), &pc);
   *dst = ((n * g.C + c) * g.H + y0 + pr) * g.W + x0 + pc;  // in a contiguous [N, C, H, W] gradient
   return n * g.s_n + c * g.s_c + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
 }
 
-// pred: [N, R, P] contiguous; imgs: [N, C, H, W] strided; mask: [N, L] float32; ids: [N, R] int64 or null
-// (row j is patch j); scale: [1] float32, 2 * grad_loss / (P * mask.sum()) or 0.
-// Outputs (each may be null): partial [N * R] float32; grad_pred [N, R, P]; grad_imgs [N, C, H, W]
+// scale[0] = 2 * grad_loss / (P * sum(mask)), 0 when the sum is 0 (grad_loss: [1] float32, or null for 1).
+// One block; mask: [count] float32. The sum is taken in a fixed order (deterministic).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) masked_mse_scale_kernel(const float* __restrict__ mask, int64_t count,
+                                                                    int64_t P, const float* __restrict__ grad_loss,
+                                                                    float* __restrict__ scale) {
+  __shared__ float shared[kThreads / 32];
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) s += mask[i];
+  const float total = block_sum<kThreads>(s, shared);
+  if (threadIdx.x == 0) {
+    const double g = grad_loss != nullptr ? static_cast<double>(*grad_loss) : 1.0;
+    scale[0] = total != 0.0f ? static_cast<float>(2.0 * g / (static_cast<double>(P) * total)) : 0.0f;
+  }
+}
+
+// loss[0] = sum(partial) * scale[0] / 2 = sum / (P * mask.sum()). One block; partial: [rows] float32, summed in
+// a fixed order (deterministic).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) masked_mse_total_kernel(const float* __restrict__ partial, int64_t rows,
+                                                                    const float* __restrict__ scale,
+                                                                    float* __restrict__ loss) {
+  __shared__ float shared[kThreads / 32];
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < rows; i += kThreads) s += partial[i];
+  const float total = block_sum<kThreads>(s, shared);
+  if (threadIdx.x == 0) loss[0] = total * (scale[0] * 0.5f);
+}
+
+// pred: [N, R, P] strides (g.pred_sn, g.pred_sr, 1); imgs: [N, C, H, W] strided; mask: [N, L] float32; ids:
+// [N, R] int64 strides (g.ids_sn, 1) or null (row j is patch j); scale: [1] float32, 2 * grad_loss /
+// (P * mask.sum()) or 0 (masked_mse_scale_kernel).
+// Outputs (each may be null): partial [N * R] float32; grad_pred [N, R, P] contiguous; grad_imgs [N, C, H, W]
 // contiguous, zero-filled. Grid: N * R blocks of kThreads threads.
 template <typename pred_t, typename img_t, int kThreads>
 __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
@@ -48,11 +78,12 @@ __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
     float* __restrict__ partial, pred_t* __restrict__ grad_pred, img_t* __restrict__ grad_imgs) {
   __shared__ float shared[kThreads / 32];
   const int64_t row = blockIdx.x;
-  const int64_t n = row / g.R;
-  const int64_t l = ids != nullptr ? ids[row] : row % g.R;
+  int64_t r;
+  const int64_t n = g.div_R.divmod(row, &r);
+  const int64_t l = ids != nullptr ? ids[n * g.ids_sn + r] : r;
   const bool valid = l >= 0 && l < g.L;  // validated in Python; never read out of bounds even if not
   const float w = valid ? mask[n * g.L + l] : 0.0f;
-  const pred_t* y = pred + row * g.P;
+  const pred_t* y = pred + n * g.pred_sn + r * g.pred_sr;
   const int64_t P = g.P;
   if (w == 0.0f) {  // kept patch: nothing to read, zero gradient
     if (partial != nullptr && threadIdx.x == 0) partial[row] = 0.0f;
@@ -61,7 +92,8 @@ __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
     }
     return;
   }
-  const int64_t y0 = (l / g.w_patches) * g.p, x0 = (l % g.w_patches) * g.p;
+  int64_t grid_x;
+  const int64_t y0 = g.div_w_patches.divmod(l, &grid_x) * g.p, x0 = grid_x * g.p;
   int64_t dst;
   float mean = 0.0f, std_ = 1.0f;
   if (g.norm) {

@@ -1,5 +1,5 @@
 // Torch-free CUDA kernels of random masking. One block per sample row: noise (loaded, or drawn with the same
-// Philox4x32-10 stream as the Triton kernel), a bitonic sort in shared memory of int64 keys
+// Philox4x32-10 stream as the Triton kernel, subsequence = element), a bitonic sort in shared memory of int64 keys
 // (order-preserving float bits << 32 | index: ties by lower index, NaN last, -0.0 == +0.0, exactly
 // torch.argsort(noise, dim=1, stable=True)), the index outputs, then the kept rows copied as raw words.
 #pragma once
@@ -11,9 +11,13 @@ namespace cuda {
 constexpr int64_t kRandomMaskingMaxL = 8192;  // 64 KiB of shared keys; ops/random_masking.py holds the same
 constexpr int kRandomMaskingThreads = 512;
 
-// u in [0, 1) from Philox4x32-10, key = seed, counter = (c lo32, c hi32, 0, 0): first output >> 8, times 2^-24.
-__device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+// u in [0, 1) from Philox4x32-10, key = seed, counter = (offset / 4 lo32, hi32, subsequence lo32, hi32): first
+// output >> 8, times 2^-24. torch's convention (curand_init(seed, subsequence, offset)): the generator's offset
+// counts outputs in blocks of 4, so numbers drawn here never reappear in a torch kernel started at a later offset.
+__device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t offset, uint64_t subsequence) {
+  const uint64_t block = offset / 4;
+  uint32_t c0 = static_cast<uint32_t>(block), c1 = static_cast<uint32_t>(block >> 32);
+  uint32_t c2 = static_cast<uint32_t>(subsequence), c3 = static_cast<uint32_t>(subsequence >> 32);
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
 #pragma unroll
   for (int r = 0; r < 10; ++r) {
@@ -29,8 +33,8 @@ __device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t counter)
   return static_cast<float>(c0 >> 8) * (1.0f / 16777216.0f);
 }
 
-// Zero and NaN are recognised from the bits, not by float compares: the extension is built with
-// --use_fast_math, whose flush-to-zero compares would make every denormal equal to 0.0 (a tie).
+// Zero and NaN are recognised from the bits, not by float compares: a flush-to-zero compare (fast math, or
+// Triton's compiled kernels) would make every denormal equal to 0.0 (a tie); the bits keep the order exact.
 __device__ __forceinline__ int64_t sort_key(float v, int64_t l) {
   int32_t bits = __float_as_int(v);
   const int32_t magnitude = bits & 0x7FFFFFFF;
@@ -60,7 +64,7 @@ __global__ void random_masking_forward_kernel(const char* __restrict__ x, const 
   const int tid = threadIdx.x, nt = blockDim.x;
   for (int64_t l = tid; l < P; l += nt) {
     if (l < L) {
-      const float v = noise != nullptr ? noise[n * L + l] : philox_uniform(seed, offset + n * L + l);
+      const float v = noise != nullptr ? noise[n * L + l] : philox_uniform(seed, offset, n * L + l);
       keys[l] = sort_key(v, l);
     } else {
       keys[l] = INT64_MAX;  // padding sorts last

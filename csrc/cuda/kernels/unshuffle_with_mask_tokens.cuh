@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "fast_divmod.h"
+
 namespace mae_kernels {
 namespace cuda {
 
@@ -20,15 +22,17 @@ __device__ __forceinline__ int64_t unshuffle_source_row(const int64_t* ids, int6
 }
 
 // x: [N, c + K, D] strides (sxn, sxr, sxd); mask_token: [D] f32; ids: [N, L]; pos: [R, D] f32 or nullptr;
-// out: [N, R, D] contiguous. Grid-stride over the N * R output rows (blockIdx.x), threads over D.
+// out: [N, R, D] contiguous; div_R divides by R. Grid-stride over the N * R output rows (blockIdx.x), threads
+// over D.
 template <typename x_t, typename out_t>
 __global__ void unshuffle_forward_kernel(const x_t* __restrict__ x, int64_t sxn, int64_t sxr, int64_t sxd,
                                          const float* __restrict__ mask_token, const int64_t* __restrict__ ids,
                                          const float* __restrict__ pos, int64_t N, int64_t L, int64_t K,
-                                         int64_t D, int64_t c, out_t* __restrict__ out) {
+                                         int64_t D, int64_t c, FastDivmod div_R, out_t* __restrict__ out) {
   const int64_t R = c + L;
   for (int64_t i = blockIdx.x; i < N * R; i += gridDim.x) {
-    const int64_t n = i / R, j = i % R;
+    int64_t j;
+    const int64_t n = div_R.divmod(i, &j);
     const int64_t src_row = unshuffle_source_row(ids, n, j, L, K, c);
     const x_t* src = x + n * sxn + src_row * sxr;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -39,42 +43,60 @@ __global__ void unshuffle_forward_kernel(const x_t* __restrict__ x, int64_t sxn,
   }
 }
 
-// Stage 1 of the backward. grad: [N, R, D] contiguous; grad_x: [N, c + K, D]; grad_pos: [R, D] f32 or
-// nullptr; partial: [R, D] f32 (per output row: the sum of its mask-token gradients over the batch).
-// Block (blockIdx.x = output row j, grid-stride; blockIdx.y * blockDim.x + threadIdx.x = column d) walks
-// the batch: each grad_out element is read once, each grad_x element written once.
+// Stage 1 of the backward, one chunk of kSumChunk samples per blockIdx.z (chunks >= 1 of them): many blocks, each
+// thread with up to kSumChunk independent loads. grad: [N, R, D] contiguous; grad_x: [N, c + K, D]; chunk_pos and
+// chunk_mask: [chunks, R, D] f32, per chunk and output row the sum of its gradients (all, and the mask-token
+// ones). Block: blockIdx.x = output row j (grid-stride), blockIdx.y * blockDim.x + threadIdx.x = column d.
+// Each grad_out element is read once, each grad_x element written once.
 template <typename g_t, typename x_t>
 __global__ void unshuffle_backward_rows_kernel(const g_t* __restrict__ grad, const int64_t* __restrict__ ids,
                                                int64_t N, int64_t L, int64_t K, int64_t D, int64_t c,
-                                               x_t* __restrict__ grad_x, float* __restrict__ grad_pos,
-                                               float* __restrict__ partial) {
+                                               int64_t chunks, x_t* __restrict__ grad_x,
+                                               float* __restrict__ chunk_pos, float* __restrict__ chunk_mask) {
   const int64_t R = c + L;
   const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (d >= D) return;
-  for (int64_t j = blockIdx.x; j < R; j += gridDim.x) {
-    float acc_pos = 0.0f, acc_mask = 0.0f;
-    for (int64_t n0 = 0; n0 < N; n0 += kSumChunk) {
-      float chunk_pos = 0.0f, chunk_mask = 0.0f;
-      const int64_t n1 = n0 + kSumChunk < N ? n0 + kSumChunk : N;
+  for (int64_t chunk = blockIdx.z; chunk < chunks; chunk += gridDim.z) {
+    const int64_t n0 = chunk * kSumChunk, n1 = n0 + kSumChunk < N ? n0 + kSumChunk : N;
+    for (int64_t j = blockIdx.x; j < R; j += gridDim.x) {
+      float sum_pos = 0.0f, sum_mask = 0.0f;
+#pragma unroll 4
       for (int64_t n = n0; n < n1; ++n) {
         const float g = static_cast<float>(grad[(n * R + j) * D + d]);
         const int64_t dst_row = unshuffle_source_row(ids, n, j, L, K, c);
         if (dst_row >= 0) {
           grad_x[(n * (c + K) + dst_row) * D + d] = static_cast<x_t>(g);
         } else {
-          chunk_mask += g;
+          sum_mask += g;
         }
-        chunk_pos += g;
+        sum_pos += g;
       }
-      acc_pos += chunk_pos;
-      acc_mask += chunk_mask;
+      chunk_pos[(chunk * R + j) * D + d] = sum_pos;
+      chunk_mask[(chunk * R + j) * D + d] = sum_mask;
     }
-    if (grad_pos != nullptr) grad_pos[j * D + d] = acc_pos;
-    partial[j * D + d] = acc_mask;
   }
 }
 
-// Stage 2: grad_mask[d] = sum over rows j of partial[j, d], in a fixed order (deterministic).
+// Stage 2: the chunk sums added in chunk order (deterministic), one thread per (j, d): grad_pos [R, D] f32 (or
+// nullptr) and partial [R, D] f32, the mask-token gradient of output row j over the batch.
+__global__ void unshuffle_backward_chunks_kernel(const float* __restrict__ chunk_pos,
+                                                 const float* __restrict__ chunk_mask, int64_t chunks, int64_t R,
+                                                 int64_t D, float* __restrict__ grad_pos,
+                                                 float* __restrict__ partial) {
+  const int64_t RD = R * D;
+#pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < RD; e += int64_t(gridDim.x) * blockDim.x) {
+    float sum_pos = 0.0f, sum_mask = 0.0f;
+    for (int64_t k = 0; k < chunks; ++k) {
+      sum_pos += chunk_pos[k * RD + e];
+      sum_mask += chunk_mask[k * RD + e];
+    }
+    if (grad_pos != nullptr) grad_pos[e] = sum_pos;
+    partial[e] = sum_mask;
+  }
+}
+
+// Stage 3: grad_mask[d] = sum over rows j of partial[j, d], in a fixed order (deterministic).
 __global__ void unshuffle_backward_mask_sum_kernel(const float* __restrict__ partial, int64_t R, int64_t D,
                                                    float* __restrict__ grad_mask) {
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
