@@ -52,14 +52,19 @@ def _cuobjdump():
     return str(bundled) if bundled.exists() else None
 
 
-def _kernels():
-    """[(arch, kernel name, mangled name, {REG, STACK, SHARED, LOCAL})] of the built extension."""
+def _cuobjdump_of_extension(flag):
+    """cuobjdump `flag` over mae_kernels._C (skips when the build has no CUDA kernels or there is no cuobjdump)."""
     if not mae_kernels._C.build_info()["with_cuda"]:
         pytest.skip("this build of mae_kernels._C has no CUDA kernels (MAE_KERNELS_BUILD_CUDA=0 or no nvcc)")
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump (neither on PATH nor bundled with triton)")
-    out = subprocess.run([tool, "-res-usage", mae_kernels._C.__file__], capture_output=True, text=True, check=True)
+    return subprocess.run([tool, flag, mae_kernels._C.__file__], capture_output=True, text=True, check=True)
+
+
+def _kernels():
+    """[(arch, kernel name, mangled name, {REG, STACK, SHARED, LOCAL})] of the built extension."""
+    out = _cuobjdump_of_extension("-res-usage")
     kernels, arch = [], None
     lines = out.stdout.splitlines()
     for i, line in enumerate(lines):
@@ -124,13 +129,7 @@ _OPCODE = re.compile(r"\s*/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)")
 
 def _sass():
     """{(arch, mangled name): [opcodes]} of every kernel of the built extension."""
-    if not mae_kernels._C.build_info()["with_cuda"]:
-        pytest.skip("this build of mae_kernels._C has no CUDA kernels (MAE_KERNELS_BUILD_CUDA=0 or no nvcc)")
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("no cuobjdump (neither on PATH nor bundled with triton)")
-    out = subprocess.run([tool, "-sass", mae_kernels._C.__file__], capture_output=True, text=True, check=True)
-    return _parse_sass(out.stdout)
+    return _parse_sass(_cuobjdump_of_extension("-sass").stdout)
 
 
 def _parse_sass(text):

@@ -44,30 +44,25 @@ def _family(model):
                     f"{', '.join(official.missing(model))}){hint}")
 
 
+def _set_fused(model, fused):
+    family = _family(model)
+    if family == "mae_kernels":
+        model.use_fused_ops = fused
+    elif family == "transformers.ViTMAE":
+        from . import transformers  # our HF patch module, loaded only for HF models
+
+        (transformers.patch_vit_mae if fused else transformers.unpatch_vit_mae)(model)
+    else:
+        (official.patch_mae if fused else official.unpatch_mae)(model)
+    return model
+
+
 def apply(model):
     """Patch `model` in place to run mae_kernels' fused ops; returns it. Raises TypeError naming what it got when
     the model is of no supported family."""
-    family = _family(model)
-    if family == "mae_kernels":
-        model.use_fused_ops = True
-    elif family == "transformers.ViTMAE":
-        from .transformers import patch_vit_mae
-
-        patch_vit_mae(model)
-    else:
-        official.patch_mae(model)
-    return model
+    return _set_fused(model, True)
 
 
 def unapply(model):
     """Undo apply: the model runs its own eager code again (ours: use_fused_ops = False)."""
-    family = _family(model)
-    if family == "mae_kernels":
-        model.use_fused_ops = False
-    elif family == "transformers.ViTMAE":
-        from .transformers import unpatch_vit_mae
-
-        unpatch_vit_mae(model)
-    else:
-        official.unpatch_mae(model)
-    return model
+    return _set_fused(model, False)
