@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from mae_kernels.triton import compile_check
 from mae_kernels.triton.compile_check import MODULES
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -56,6 +57,9 @@ def test_code_checks_catch_regressions():
         "_narrow_copy_kernel": ("narrower than the 16 B", "st.global.v2.b32 at triton_compile_selftest.py"),
         "_fat_kernel": ("fewer than 2", "1 block(s) of 1024 threads per SM on sm_90"),
     }
+    if compile_check._triton_release() < compile_check.WIDTH_CHECKED_FROM:  # reported, not failed, there
+        expected.pop("_narrow_copy_kernel")
+        assert not problems.pop("_narrow_copy_kernel"), "narrow accesses fail only from WIDTH_CHECKED_FROM on"
     for name, (check, detail) in expected.items():
         got = problems[name]
         assert any(p.startswith(name + ": ") and check in p and detail in p for p in got), \
