@@ -27,8 +27,10 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 build: venv
 	$(PY) setup.py -q build_ext --inplace
 
+# One pytest per core (python/run_tests_parallel.py: contiguous chunks, outputs printed as each ends, one junit XML).
 test: install
-	$(PY) -m pytest -q
+	mkdir -p build
+	$(PY) python/run_tests_parallel.py --workers 2 --junitxml build/test-results.xml -- -q
 
 # The CPU paths other machines take: the op suites again with ATen's and oneDNN's kernels capped at AVX2, then with
 # no vector kernels at all (a cap above this CPU's ISA changes nothing; each run's header says which ISA ran).
@@ -38,9 +40,14 @@ test: install
 ISA_SUITES := tests/test_random_masking.py tests/test_patchify.py tests/test_masked_patch_embed.py \
               tests/test_unshuffle_with_mask_tokens.py tests/test_masked_mse_loss.py \
               tests/test_nonfinite.py tests/test_properties.py tests/test_layouts.py
+# The two runs at once (one per core), each printed when it ends.
 test-isa: install
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -k "not triton" $(ISA_SUITES)
-	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -k "not triton and not compile" $(ISA_SUITES)
+	mkdir -p build
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -k "not triton" $(ISA_SUITES) \
+	  > build/test-isa-avx2.log 2>&1 & avx2=$$!; \
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -k "not triton and not compile" $(ISA_SUITES) \
+	  > build/test-isa-default.log 2>&1; rc=$$?; wait $$avx2; rc2=$$?; \
+	cat build/test-isa-avx2.log build/test-isa-default.log; exit $$((rc || rc2))
 
 # The oldest supported versions (pyproject's floors): torch 2.11 and the triton it brings (3.6), in .venv-floor.
 # Built in a copy of the sources (build/floor), so the main in-place build stays as it is. Lean: the op suites,
