@@ -30,7 +30,7 @@ build: venv
 # One pytest per core (python/run_tests_parallel.py: contiguous chunks, outputs printed as each ends, one junit XML).
 test: install
 	mkdir -p build
-	$(PY) python/run_tests_parallel.py --workers 2 --junitxml build/test-results.xml -- -q
+	$(PY) python/run_tests_parallel.py --workers 2 --junitxml build/test-results.xml
 
 # The CPU paths other machines take: the op suites again with ATen's and oneDNN's kernels capped at AVX2, then with
 # no vector kernels at all (a cap above this CPU's ISA changes nothing; each run's header says which ISA ran).
