@@ -45,7 +45,9 @@ WIDTH_CHECKED_FROM = (3, 8)
 def _triton_release():
     import triton
 
-    return tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
+    from ..backends import release
+
+    return release(triton.__version__)
 
 
 @dataclass
