@@ -38,26 +38,39 @@ def random_masking(x, mask_ratio, noise=None, generator=None):
     return x_masked, mask, ids_restore
 
 
+def patch_dims(patch_size):
+    """(u, ph, pw): an int p is a square 2-D patch (1, p, p), a pair (ph, pw) a 2-D patch, a triple a tubelet."""
+    if isinstance(patch_size, int):
+        return 1, patch_size, patch_size
+    return (1, *patch_size) if len(patch_size) == 2 else tuple(patch_size)
+
+
 def patchify(imgs, patch_size):
-    """[N, C, H, W] -> [N, L, p*p*C], patch vectors in (p_row, p_col, c) order."""
-    p = patch_size
-    N, C, H, W = imgs.shape
-    h, w = H // p, W // p
-    x = imgs.reshape(N, C, h, p, w, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(N, h * w, p * p * C)
+    """Images [N, C, H, W] -> [N, L, ph*pw*C], patch vectors in (p_row, p_col, c) order, token l = hi*w + wi;
+    videos [N, C, T, H, W] with patch_size (u, ph, pw) -> [N, L, u*ph*pw*C] in (frame, p_row, p_col, c) order,
+    token l = (ti*h + hi)*w + wi (MAE_SPEC_VIDEO.md: mae_st's and VideoMAE's patchify)."""
+    u, ph, pw = patch_dims(patch_size)
+    x = imgs if imgs.dim() == 5 else imgs.unsqueeze(2)
+    N, C, T, H, W = x.shape
+    t, h, w = T // u, H // ph, W // pw
+    x = x.reshape(N, C, t, u, h, ph, w, pw)
+    x = torch.einsum("nctuhpwq->nthwupqc", x)
+    return x.reshape(N, t * h * w, u * ph * pw * C)
 
 
 def unpatchify(x, patch_size, image_size):
-    """[N, L, p*p*C] -> [N, C, H, W]; image_size = (H, W) (or an int for square images)."""
-    p = patch_size
-    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
-    h, w = H // p, W // p
+    """The inverse of patchify: [N, L, P] -> [N, C, H, W] with image_size (H, W) (or an int for square images),
+    or -> [N, C, T, H, W] with image_size (T, H, W) and patch_size (u, ph, pw)."""
+    u, ph, pw = patch_dims(patch_size)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    T, H, W = size if len(size) == 3 else (1, *size)
+    t, h, w = T // u, H // ph, W // pw
     N, L, P = x.shape
-    C = P // (p * p)
-    x = x.reshape(N, h, w, p, p, C)
-    x = torch.einsum("nhwpqc->nchpwq", x)
-    return x.reshape(N, C, H, W)
+    C = P // (u * ph * pw)
+    x = x.reshape(N, t, h, w, u, ph, pw, C)
+    x = torch.einsum("nthwupqc->nctuhpwq", x)
+    x = x.reshape(N, C, T, H, W)
+    return x if len(size) == 3 else x.squeeze(2)
 
 
 def masked_patchify(imgs, ids_keep, patch_size):

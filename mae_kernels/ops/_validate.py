@@ -79,16 +79,51 @@ def check_patch_size(patch_size):
     check_int("patch_size", patch_size, minimum=1)
 
 
-def check_images(name, imgs, patch_size, dtypes=None, device=None):
-    """imgs [N, C, H, W], floating point (or one of `dtypes`), H and W divisible by patch_size."""
-    check_tensor(name, imgs, ndim=4, dtypes=dtypes, device=device)
+def patch_dims(patch_size, ndim=4):
+    """(u, ph, pw) of a patch_size for inputs of `ndim` dimensions: images [N, C, H, W] take an int p (square
+    patches) or a pair (ph, pw), tubelet u = 1; videos [N, C, T, H, W] take a triple (u, ph, pw) (u frames of
+    ph x pw pixels). Errors name patch_size, what was expected and what came."""
+    if ndim == 5:
+        if not isinstance(patch_size, (tuple, list, torch.Size)) or len(patch_size) != 3:
+            raise TypeError(f"patch_size must be a triple (u, ph, pw) (tubelet frames, patch height, patch width) "
+                            f"for videos [N, C, T, H, W], got {patch_size!r}")
+    elif isinstance(patch_size, (tuple, list, torch.Size)):
+        if len(patch_size) != 2:
+            raise TypeError(f"patch_size must be an int or a pair (ph, pw) for images [N, C, H, W], "
+                            f"got {patch_size!r}")
+    else:
+        check_patch_size(patch_size)
+        return 1, patch_size, patch_size
+    for size in patch_size:
+        check_int("patch_size entries", size, minimum=1)
+    return (1, *patch_size) if len(patch_size) == 2 else tuple(patch_size)
+
+
+def patch_size_text(patch_size):
+    return str(patch_size) if isinstance(patch_size, int) else "x".join(str(s) for s in patch_size)
+
+
+def check_images(name, imgs, patch_size, dtypes=None, device=None, video=False):
+    """imgs [N, C, H, W] (or videos [N, C, T, H, W] when `video`), floating point (or one of `dtypes`), each
+    patched dimension divisible by its patch size. Returns (u, ph, pw) (patch_dims)."""
+    check_tensor(name, imgs, dtypes=dtypes, device=device)
+    if imgs.dim() not in ((4, 5) if video else (4,)):
+        raise ValueError(f"{name} must have 4 dimensions" + (" [N, C, H, W] or 5 [N, C, T, H, W]" if video else "")
+                         + f", got {imgs.dim()} (shape {tuple(imgs.shape)})")
     if not imgs.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {imgs.dtype}")
-    H, W = imgs.shape[2:]
-    if H % patch_size or W % patch_size:
-        raise ValueError(f"{name}: image size {H}x{W} must be divisible by patch_size={patch_size} (patch_size "
-                         f"must divide the image height and width), got remainders {H % patch_size} and "
-                         f"{W % patch_size} for {name} of shape {tuple(imgs.shape)}")
+    dims = patch_dims(patch_size, imgs.dim())
+    sizes = tuple(imgs.shape[2:]) if imgs.dim() == 5 else (1, *imgs.shape[2:])
+    rem = tuple(s % d for s, d in zip(sizes, dims))
+    if any(rem):
+        what = "x".join(str(s) for s in imgs.shape[2:])
+        kind = "video size (T x H x W)" if imgs.dim() == 5 else "image size"
+        rem_text = " and ".join(str(r) for r in (rem if imgs.dim() == 5 else rem[1:]))
+        raise ValueError(f"{name}: {kind} {what} must be divisible by patch_size={patch_size_text(patch_size)} "
+                         f"(patch_size must divide the image height and width"
+                         f"{' and the tubelet the frame count' if imgs.dim() == 5 else ''}), got remainders "
+                         f"{rem_text} for {name} of shape {tuple(imgs.shape)}")
+    return dims
 
 
 # --- index tensors ---------------------------------------------------------------------------------------
