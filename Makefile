@@ -27,7 +27,8 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 build: venv
 	$(PY) setup.py -q build_ext --inplace
 
-# One pytest per core (python/run_tests_parallel.py: contiguous chunks, outputs printed as each ends, one junit XML).
+# One pytest per core (python/run_tests_parallel.py: chunks of whole files, longest first by python/test_durations.json,
+# outputs printed as each ends, one junit XML).
 test: install
 	mkdir -p build
 	$(PY) python/run_tests_parallel.py --workers 2 --junitxml build/test-results.xml
@@ -63,7 +64,7 @@ FLOOR_SRC   := build/floor
 FLOOR_TESTS ?= tests/test_random_masking.py tests/test_patchify.py \
                tests/test_masked_patch_embed.py tests/test_masked_mse_loss.py tests/test_unshuffle_with_mask_tokens.py \
                tests/test_model.py tests/test_validation.py tests/test_backends.py tests/test_cuda_resources.py
-# The AOT check (minutes) heads the second, shorter selection: run_tests_parallel splits by count, not time.
+# The AOT check (minutes) is in the second, shorter selection.
 FLOOR_TRITON_TESTS ?= tests/test_triton_compile.py tests/test_debug_mode.py tests/test_determinism.py tests/test_large_index.py \
                tests/test_layouts.py tests/test_nonfinite.py tests/test_properties.py tests/test_memory.py
 
