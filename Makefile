@@ -61,7 +61,7 @@ FLOOR_PY    := $(CURDIR)/$(FLOOR_VENV)/bin/python
 FLOOR_TORCH ?= torch==2.11.0
 FLOOR_DEPS  := ninja "numpy<2.4" setuptools wheel pybind11 pytest pytest-benchmark hypothesis
 FLOOR_SRC   := build/floor
-FLOOR_TESTS ?= tests/test_random_masking.py tests/test_patchify.py \
+FLOOR_TESTS ?= tests/test_random_masking.py tests/test_patchify.py tests/test_append_mask_tokens.py \
                tests/test_masked_patch_embed.py tests/test_masked_mse_loss.py tests/test_unshuffle_with_mask_tokens.py \
                tests/test_model.py tests/test_validation.py tests/test_backends.py tests/test_cuda_resources.py
 # The AOT check (minutes) is in the second, shorter selection.

@@ -28,6 +28,11 @@ TORCH_LIBRARY(mae_kernels, m) {
   // [1, c + L, D] (empty unless pos_grad) in fp32, by deterministic two-stage reductions.
   m.def("unshuffle_with_mask_tokens_backward(Tensor grad_out, Tensor ids_restore, int K, bool has_cls, "
         "ScalarType x_dtype, bool pos_grad) -> (Tensor grad_x, Tensor grad_mask_token, Tensor grad_pos_embed)");
+  // decoder input with dual masking (VideoMAE v2): out = cat([x, mask_token x M]) + pos_embed at each row's
+  // position (cls row: pos row 0; kept row k: 1 + ids_keep[n, k]; mask row m: 1 + ids_dec[n, m]; without cls no
+  // 1 +), computed in fp32 and rounded once to out_dtype. Its backward is unshuffle_with_mask_tokens_backward.
+  m.def("append_mask_tokens(Tensor x, Tensor mask_token, Tensor ids_keep, Tensor ids_dec, Tensor? pos_embed, "
+        "bool has_cls, ScalarType out_dtype) -> Tensor");
   // masked MSE loss (mask float32 [N, L]; pred row j is patch ids_rows[n, j], or patch j when ids_rows is None):
   // (loss, d loss / d pred for grad_loss = 1, or empty); the backward op recomputes for imgs.
   m.def("masked_mse_loss(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int patch_size, "

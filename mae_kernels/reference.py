@@ -103,6 +103,22 @@ def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed=None, has_c
     return out
 
 
+def append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed=None, has_cls=False):
+    """VideoMAE v2's decoder input (dual masking): the kept tokens, then one mask token per decoder-visible
+    position, each row + pos_embed at its position: cat([x + pos[ids_keep], mask_token + pos[ids_dec]], 1).
+    x: [N, (1 +) K, D] (cls row first with has_cls), ids_keep [N, K], ids_dec [N, M] int64 positions in [0, L),
+    pos_embed [1, (1 +) L, D] or None -> [N, (1 +) K + M, D] with cat's type promotion."""
+    N, _, D = x.shape
+    out = torch.cat([x, mask_token.expand(N, ids_dec.shape[1], D)], dim=1)
+    if pos_embed is not None:
+        c = int(has_cls)
+        rows = torch.cat([ids_keep, ids_dec], dim=1) + c
+        if has_cls:
+            rows = torch.cat([rows.new_zeros(N, 1), rows], dim=1)
+        out = out + pos_embed[0][rows]
+    return out
+
+
 def patch_stats(imgs, patch_size, eps=1e-6):
     """Per-patch mean and std (unbiased variance, eps inside the sqrt) of the target, fp32: ([N, L, 1], [N, L, 1])."""
     target = patchify(imgs, patch_size).float()

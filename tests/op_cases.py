@@ -276,6 +276,26 @@ def unshuffle_case(N=2, L=7, K=3, D=5, dtype=torch.float32, param_dtype=torch.fl
                 grad=("x", "mask_token") + (("pos_embed",) if pos == "grad" else ()), exact=False)
 
 
+def append_mask_tokens_case(N=2, L=9, K=3, M=4, D=5, dtype=torch.float32, param_dtype=torch.float32,
+                            has_cls=False, pos="grad", seed=0):
+    """Dual masking's decoder input: ids_dec drawn independently of ids_keep (positions may repeat across them)."""
+    g = _gen(seed)
+    c = int(has_cls)
+    x = _randn(g, N, c + K, D, dtype=dtype)
+    mask_token = _randn(g, 1, 1, D, dtype=param_dtype)
+    ids_keep, ids_dec = _ids(g, N, L)[:, :K], _ids(g, N, L)[:, :M]
+    pos_embed = None if pos is None else _randn(g, 1, c + L, D, dtype=param_dtype)
+
+    def fn(x, mask_token, ids_keep, ids_dec, pos_embed):
+        return mae_kernels.append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed, has_cls=has_cls)
+
+    def ref64(x, mask_token, ids_keep, ids_dec, pos_embed):
+        return reference.append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed, has_cls)
+    return Case("append_mask_tokens", fn, ref64=ref64,
+                inputs=dict(x=x, mask_token=mask_token, ids_keep=ids_keep, ids_dec=ids_dec, pos_embed=pos_embed),
+                grad=("x", "mask_token") + (("pos_embed",) if pos == "grad" else ()), exact=False)
+
+
 def masked_mse_loss_case(N=2, C=3, h=2, w=3, p=2, K=2, dtype=torch.float32, img_dtype=None, norm=True,
                          removed_only=False, seed=0, channels_last=False):
     """removed_only: pred holds the L - K removed patches only (ids_shuffle given)."""
@@ -332,6 +352,7 @@ def all_cases(dtype=torch.float32, seed=0):
         masked_patch_embed_case(dtype=dtype, seed=seed),
         random_masked_patch_embed_case(dtype=dtype, seed=seed),
         unshuffle_case(dtype=dtype, seed=seed),
+        append_mask_tokens_case(dtype=dtype, seed=seed),
         masked_mse_loss_case(dtype=dtype, seed=seed),
         masked_mse_loss_case(dtype=dtype, seed=seed, removed_only=True),
         patch_stats_case(dtype=dtype, seed=seed),
@@ -351,6 +372,7 @@ def gpu_cases():
         masked_patch_embed_case(N=32, C=3, h=14, w=14, p=16, K=49, D=256, pos="grad"),
         random_masked_patch_embed_case(N=16, C=3, h=14, w=14, p=16, D=256, ratio=0.75),
         unshuffle_case(N=64, L=196, K=49, D=512, dtype=torch.bfloat16),
+        append_mask_tokens_case(N=32, L=1568, K=160, M=784, D=384, dtype=torch.bfloat16),
         masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49),
         masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
         patch_stats_case(N=8, C=3, h=14, w=14, p=16),

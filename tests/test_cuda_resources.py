@@ -27,6 +27,7 @@ THREADS = {
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
     "unshuffle_backward_mask_sum_kernel": 256,
+    "append_mask_tokens_kernel": 256,        # append_mask_tokens.cu kThreads
     "masked_mse_rows_kernel": 256,           # masked_mse_loss.cu kThreads (also its __launch_bounds__)
 }
 # Largest dynamic shared memory a launcher asks for (bytes): the sort keys of L = kRandomMaskingMaxL = 8192

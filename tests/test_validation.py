@@ -49,6 +49,9 @@ def _good(op):
         return dict(x=torch.randn(N, 1 + K, D), mask_token=torch.randn(1, 1, D),
                     ids_restore=torch.argsort(_ids_shuffle(), dim=1), pos_embed=torch.randn(1, 1 + L, D),
                     has_cls=True, out_dtype=None)
+    if op == "append_mask_tokens":
+        return dict(x=torch.randn(N, K, D), mask_token=torch.randn(1, 1, D), ids_keep=_ids_keep(),
+                    ids_dec=_ids_keep(), pos_embed=torch.randn(1, L, D), has_cls=False, out_dtype=None)
     if op == "masked_mse_loss":
         ids_shuffle = _ids_shuffle()
         mask = torch.ones(N, L).scatter(1, ids_shuffle[:, :K], 0.0)
@@ -177,6 +180,24 @@ CASES = [
     ("random_masked_patch_embed", "noise", lambda a: torch.rand(N, L, device=META), ValueError, r"noise must be on cpu"),
     ("random_masked_patch_embed", "bias", lambda a: a["bias"][:3], ValueError, r"bias must have shape \[16\]"),
     ("random_masked_patch_embed", "pos_embed", lambda a: a["pos_embed"][:, :5], ValueError, r"pos_embed must have shape \[1, 13, 16\]"),
+    # append_mask_tokens
+    ("append_mask_tokens", "has_cls", lambda a: 0, TypeError, r"has_cls must be a bool, got int"),
+    ("append_mask_tokens", "x", lambda a: a["x"].double(), TypeError, r"x must have dtype .*got torch.float64"),
+    ("append_mask_tokens", "ids_keep", lambda a: a["ids_keep"][:, :-1], ValueError,
+     r"ids_keep must have shape \[2, 3\], got \(2, 2\)"),
+    ("append_mask_tokens", "has_cls", lambda a: True, ValueError, r"ids_keep must have shape \[2, 2\], got \(2, 3\)"),
+    ("append_mask_tokens", "ids_dec", lambda a: a["ids_dec"].int(), TypeError, r"ids_dec must have dtype torch.int64"),
+    ("append_mask_tokens", "ids_dec", lambda a: a["ids_dec"] + L, ValueError,
+     r"ids_dec values must be positions in \[0, 12\)"),
+    ("append_mask_tokens", "ids_keep", lambda a: a["ids_keep"] - L, ValueError,
+     r"ids_keep values must be positions in \[0, 12\)"),
+    ("append_mask_tokens", "ids_dec", lambda a: meta(a["ids_dec"]), ValueError, r"ids_dec must be on cpu .*got meta"),
+    ("append_mask_tokens", "mask_token", lambda a: torch.randn(1, 1, D + 1), ValueError,
+     r"mask_token must have shape \[1, 1, 16\]"),
+    ("append_mask_tokens", "pos_embed", lambda a: torch.randn(1, L, D + 1), ValueError,
+     r"pos_embed must have shape \[1, \*, 16\]"),
+    ("append_mask_tokens", "pos_embed", lambda a: torch.randn(L, D), ValueError, r"pos_embed must have 3 dimensions"),
+    ("append_mask_tokens", "out_dtype", lambda a: torch.int64, TypeError, r"out_dtype must be None or one of"),
     # unshuffle_with_mask_tokens
     ("unshuffle_with_mask_tokens", "has_cls", lambda a: 1, TypeError, r"has_cls must be a bool, got int"),
     ("unshuffle_with_mask_tokens", "out_dtype", lambda a: torch.int32, TypeError, r"out_dtype must be None or one of .*torch.int32"),
@@ -281,14 +302,18 @@ def test_meta_tensors_alone_are_checked_without_reading_data():
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_validation_happens_before_any_backend_is_chosen(case, monkeypatch):
     """No backend (hence no kernel) is reached with bad input: every op module's `select` fails if called."""
-    from mae_kernels.ops import masked_mse_loss, masked_patch_embed, masked_patchify, random_masking
-    from mae_kernels.ops import unshuffle_with_mask_tokens
+    import importlib
+    import pkgutil
+
+    import mae_kernels.ops
 
     def select(op, device_type, *args):
         raise AssertionError(f"{op}: a backend was chosen before the input was validated")
 
-    for module in (masked_mse_loss, masked_patch_embed, masked_patchify, random_masking, unshuffle_with_mask_tokens):
-        monkeypatch.setattr(module, "select", select)
+    for info in pkgutil.iter_modules(mae_kernels.ops.__path__):  # every op module
+        module = importlib.import_module(f"mae_kernels.ops.{info.name}")
+        if hasattr(module, "select"):
+            monkeypatch.setattr(module, "select", select)
     op, arg, bad, exc, regex = case
     args = _good(op)
     value = bad(args)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 MODULES = ("random_masking", "masked_patchify", "masked_patch_embed", "unshuffle_with_mask_tokens",
-           "masked_mse_loss")
+           "append_mask_tokens", "masked_mse_loss")
 # Per-block limits (CUDA C programming guide, compute capabilities table).
 MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 REGISTERS_PER_BLOCK = 65536
@@ -183,6 +183,7 @@ def scenarios():
     from . import masked_patch_embed as pe
     from . import masked_patchify as pf
     from . import random_masking as rm
+    from . import append_mask_tokens as am
     from . import unshuffle_with_mask_tokens as un
 
     out = []
@@ -249,6 +250,18 @@ def scenarios():
                                     un.unshuffle_with_mask_tokens_backward(
                                         _m(256, c + L, 512, dtype=out_dtype), _m(256, L, dtype=torch.int64), K,
                                         bool(c), dtype, pos_grad)))
+    # append_mask_tokens: VideoMAE v2's decoder input (160 kept + 784 mask tokens of L=1568, D=384), with a cls
+    # row and the image lengths too.
+    for dtype in ALL:
+        for L, K, M, c in ((1568, 160, 784, 0), (196, 49, 98, 1)):
+            for out_dtype in {dtype, torch.float32}:
+                for with_pos in (True, False):
+                    out.append((f"append_mask_tokens {dtype}->{out_dtype} L={L} cls={c} pos={with_pos}",
+                                lambda dtype=dtype, L=L, K=K, M=M, c=c, out_dtype=out_dtype, with_pos=with_pos:
+                                am.append_mask_tokens_forward(
+                                    _m(256, c + K, 384, dtype=dtype), _m(1, 1, 384), _m(256, K, dtype=torch.int64),
+                                    _m(256, M, dtype=torch.int64), _m(1, c + L, 384) if with_pos else None,
+                                    bool(c), out_dtype)))
     # masked_mse_loss: P=768 (ViT-B/16) and 588 (ViT-H/14); all rows (no ids) or the removed rows only.
     for dtype in ALL:
         for p in (16, 14):
@@ -374,6 +387,7 @@ COPY_KERNELS = {
     "_random_masking_bwd_kernel": lambda c: ("D", True, True),
     "_forward_kernel": lambda c: ("D", True, True),
     "_backward_rows_kernel": lambda c: ("D", True, True),
+    "_append_kernel": lambda c: ("D", True, True),
 }
 _INT_DIV = re.compile(r"= arith\.(divsi|divui|remsi|remui) (%[\w.#]+), (%[\w.#]+) : (.*?) loc\((#\w+)\)")
 _CONST = re.compile(r"^\s*(%[\w.#]+) = arith\.constant ")
