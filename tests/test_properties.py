@@ -100,6 +100,15 @@ def test_unshuffle_with_mask_tokens(backend, device, N, L, keep, D, dtype, fp32_
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@budget(30)
+@given(N=st.integers(1, 3), L=st.integers(1, 20), keep=fractions, dec=fractions, D=st.integers(1, 40), dtype=dtypes,
+       fp32_params=st.booleans(), has_cls=st.booleans(), pos=st.sampled_from([None, "fixed", "grad"]), seed=seeds)
+def test_append_mask_tokens(backend, device, N, L, keep, dec, D, dtype, fp32_params, has_cls, pos, seed):
+    check(oc.append_mask_tokens_case(N, L, int(keep * L), int(dec * L), D, dtype,
+                                     torch.float32 if fp32_params else dtype, has_cls, pos, seed), backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @budget(40)
 @given(g=grids, keep=fractions, dtype=dtypes, fp32_imgs=st.booleans(), norm=st.booleans(),
        removed_only=st.booleans(), seed=seeds, channels_last=st.booleans())
