@@ -39,7 +39,19 @@ def forward_decoder(model, x, ids_restore):
     return model.decoder_pred(model.decoder_norm(x))[:, 1:, :]
 
 
-def forward_loss(model, imgs, pred, mask):
-    """The official forward_loss (masked MSE, per-patch normalised pixels when norm_pix_loss), fp32 scalar."""
+def forward_decoder_subset(model, x, ids_keep, ids_dec):
+    """Dual masking's decoder (VideoMAE v2): encoder tokens [N, 1 + K, D] at positions ids_keep and mask tokens at
+    the decoded positions ids_dec [N, M] in one append_mask_tokens -> predictions for ids_dec [N, M, p*p*C]."""
+    x = model.decoder_embed(x)
+    x = mae_kernels.append_mask_tokens(x, model.mask_token, ids_keep, ids_dec, model.decoder_pos_embed, has_cls=True)
+    for blk in model.decoder_blocks:
+        x = blk(x)
+    return model.decoder_pred(model.decoder_norm(x))[:, x.shape[1] - ids_dec.shape[1]:, :]
+
+
+def forward_loss(model, imgs, pred, mask, ids_shuffle=None):
+    """The official forward_loss (masked MSE, per-patch normalised pixels when norm_pix_loss), fp32 scalar; with
+    ids_shuffle, pred holds the rows of the positions ids_shuffle[:, L - R:] only (dual masking's decoded ones)."""
     p = model.patch_embed.proj.kernel_size[0]
-    return mae_kernels.masked_mse_loss(pred, imgs, mask, p, norm_pix_loss=bool(model.norm_pix_loss))
+    return mae_kernels.masked_mse_loss(pred, imgs, mask, p, norm_pix_loss=bool(model.norm_pix_loss),
+                                       ids_shuffle=ids_shuffle)

@@ -9,6 +9,11 @@ mask-token scatter (unshuffle_with_mask_tokens) and the masked loss (masked_mse_
 (models/fused.py, shared with integrations.official.patch_mae).
 use_fused_ops=False: the official eager path (Conv2d on all patches, random_masking, cat/gather, forward_loss),
 from mae_kernels.reference. Both give the same loss and gradients for the same noise (up to summation order).
+
+decoder_mask_ratio > 0 (VideoMAE v2's dual masking, here for images; mae_kernels/decoder_masking.py): in training
+mode the decoder sees the encoder's tokens plus mask tokens at the decoded positions only (a running-cell or
+random decoder mask), and the loss covers the encoder-removed positions among them; in eval mode every position
+is decoded (as v2 reconstructs). decoder_mask_ratio 0 (the default) is the official model exactly.
 """
 from functools import partial
 
@@ -16,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import reference
+from ..decoder_masking import DECODER_MASK_TYPES, decoded_count, decoder_indices, decoder_mask
 from . import fused
 from .pos_embed import sincos_2d
 from .vit import Block, PatchEmbed, to_2tuple
@@ -26,10 +32,17 @@ class MaskedAutoencoderViT(nn.Module):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                 norm_layer=nn.LayerNorm, norm_pix_loss=False, use_fused_ops=True):
+                 norm_layer=nn.LayerNorm, norm_pix_loss=False, use_fused_ops=True, decoder_mask_ratio=0.0,
+                 decoder_mask_type="run_cell"):
         super().__init__()
         if not isinstance(patch_size, int):
             raise TypeError(f"patch_size must be an int (square patches), got {patch_size!r}")
+        if decoder_mask_type not in DECODER_MASK_TYPES:
+            raise ValueError(f"decoder_mask_type must be one of {DECODER_MASK_TYPES}, got {decoder_mask_type!r}")
+        if not 0.0 <= decoder_mask_ratio < 1.0:
+            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
+        self.decoder_mask_ratio = decoder_mask_ratio
+        self.decoder_mask_type = decoder_mask_type
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -125,11 +138,48 @@ class MaskedAutoencoderViT(nn.Module):
             return fused.forward_loss(self, imgs, pred, mask)
         return reference.masked_mse_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss)
 
-    def forward(self, imgs, mask_ratio=0.75, noise=None):
+    def sample_decoder_mask(self, N, device, generator=None):
+        """A decoder mask for N images (bool [N, L], True = not decoded) and M, the decoded count per image."""
+        h, w = self.grid_size
+        args = (self.decoder_mask_type, 1, h, w, self.decoder_mask_ratio)
+        return decoder_mask(args[0], N, *args[1:], generator=generator, device=device), decoded_count(*args)
+
+    def forward_decoder_subset(self, x, ids_keep, ids_dec):
+        """Dual masking's decoder: the encoder tokens [N, 1 + K, D] (cls first, rows at positions ids_keep) and
+        mask tokens at the decoded positions ids_dec [N, M] -> predictions for ids_dec, [N, M, p*p*C]."""
+        if self.use_fused_ops:
+            return fused.forward_decoder_subset(self, x, ids_keep, ids_dec)
+        x = self.decoder_embed(x)
+        x = reference.append_mask_tokens(x, self.mask_token, ids_keep, ids_dec, self.decoder_pos_embed, has_cls=True)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, x.shape[1] - ids_dec.shape[1]:, :]
+
+    def forward(self, imgs, mask_ratio=0.75, noise=None, decoder_mask=None):
+        """(loss, pred, mask) as the official model. With dual masking (decoder_mask given, bool [N, L] with True
+        = not decoded, or drawn in training mode when decoder_mask_ratio > 0), pred holds the predictions of the
+        decoded positions only, in ascending position order, [N, M, p*p*C], and the loss is the mean over the
+        encoder-removed positions among them (v2's batch-global weighting). A given decoder_mask's decoded count
+        is read from its first row (one host sync); every row must decode as many."""
         self._check_imgs(imgs)
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)
-        loss = self.forward_loss(imgs, pred, mask)
+        num_decoded = None
+        if decoder_mask is None and self.training and self.decoder_mask_ratio > 0:
+            decoder_mask, num_decoded = self.sample_decoder_mask(imgs.shape[0], imgs.device)
+        if decoder_mask is None:
+            pred = self.forward_decoder(latent, ids_restore)
+            return self.forward_loss(imgs, pred, mask), pred, mask
+        if num_decoded is None:
+            num_decoded = int((~decoder_mask[:1]).sum()) if decoder_mask.shape[0] else 0
+        ids_dec, ids_shuffle = decoder_indices(decoder_mask, num_decoded)
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, :latent.shape[1] - 1]  # the encoder rows' positions
+        pred = self.forward_decoder_subset(latent, ids_keep, ids_dec)
+        loss_mask = mask * (~decoder_mask).to(mask.dtype)  # encoder-removed and decoded
+        if self.use_fused_ops:
+            loss = fused.forward_loss(self, imgs, pred, loss_mask, ids_shuffle)
+        else:
+            loss = reference.masked_mse_loss(reference.scatter_removed_pred(pred, ids_shuffle), imgs, loss_mask,
+                                             self.patch_size, norm_pix_loss=self.norm_pix_loss)
         return loss, pred, mask
 
 
