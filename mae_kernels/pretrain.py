@@ -37,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--input-size", type=int, default=None, help="image side (default: 64 tiny, 224 otherwise)")
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--decoder-mask-ratio", type=float, default=0.0,
+                   help="dual masking (VideoMAE v2): the share of positions the decoder does not see in training")
+    p.add_argument("--decoder-mask-type", default="run_cell", choices=("run_cell", "random"))
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--epochs", type=int, default=20)
@@ -134,6 +137,20 @@ def build_data(args, rank, world):
     return dataset, sampler, loader, figure_imgs
 
 
+def heldout_loss(model, imgs, args, device, autocast):
+    """The loss on a fixed batch (the figure's images) with fixed encoder masks, every position decoded (eval
+    mode): the same masked tokens at every evaluation, whatever the training's decoder masking, so that runs
+    with different --decoder-mask-ratio compare on one measure."""
+    noise = torch.rand(imgs.shape[0], model.patch_embed.num_patches,
+                       generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        loss = model(imgs.to(device), mask_ratio=args.mask_ratio, noise=noise)[0].float().item()
+    model.train(was_training)
+    return loss
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +172,8 @@ def _train(args, device, rank, world):
     is_main = rank == 0
     torch.manual_seed(args.seed + rank)
     model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
-                               use_fused_ops=args.fused).to(device)
+                               use_fused_ops=args.fused, decoder_mask_ratio=args.decoder_mask_ratio,
+                               decoder_mask_type=args.decoder_mask_type).to(device)
     eff_batch = args.batch_size * args.accum_iter * world
     if args.lr is None:
         args.lr = args.blr * eff_batch / 256
@@ -163,12 +181,12 @@ def _train(args, device, rank, world):
     dataset, sampler, loader, figure_imgs = build_data(args, rank, world)
     steps_per_epoch = len(loader)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": [], "heldout_losses": []}
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, state[k]) for k in state}
         if is_main:
             print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
 
@@ -247,11 +265,13 @@ def _train(args, device, rank, world):
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if is_main:
+            heldout = heldout_loss(model, figure_imgs, args, device, autocast)
+            state["heldout_losses"].append((state["global_step"], heldout))
             save_checkpoint(ckpt_path, model, optimizer, state, args)
             if epoch_losses:
                 with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
                     f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
-                                        "global_step": state["global_step"]}) + "\n")
+                                        "heldout_loss": heldout, "global_step": state["global_step"]}) + "\n")
     if bar is not None:
         bar.close()
     if world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)

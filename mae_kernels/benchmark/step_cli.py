@@ -31,7 +31,8 @@ def _positive(text):
 def parse(argv):
     p = argparse.ArgumentParser(prog="mae-kernels bench-step", description=__doc__)
     p.add_argument("--configs", type=lambda s: _list(s, list(train_step.CONFIGS), "--configs"), default=None,
-                   help="comma-separated: tiny (64 px, 8 px patches), base (ViT-B/16 224), large (ViT-L/16 224); "
+                   help="comma-separated: tiny (64 px, 8 px patches), base (ViT-B/16 224), large (ViT-L/16 224), "
+                        "tiny-dual, base-dual (dual masking, decoder_mask_ratio 0.5: compared with tiny, base); "
                         "default: base,large on GPU, tiny on CPU")
     p.add_argument("--providers", type=lambda s: _list(s, train_step.PROVIDERS, "--providers"),
                    default=list(train_step.PROVIDERS), help=f"default: {','.join(train_step.PROVIDERS)}")
@@ -66,7 +67,7 @@ COLUMNS = [  # (header, key, format)
     ("config", "config", "{}"), ("N", "batch", "{}"), ("dtype", "dtype", "{}"), ("provider", "provider", "{}"),
     ("median ms", "median_ms", "{:.2f}"), ("p20", "p20_ms", "{:.2f}"), ("p80", "p80_ms", "{:.2f}"),
     ("images/s", "images_per_s", "{:.1f}"), ("vs eager", "speed_vs_eager", "{:.2f}x"),
-    ("vs compile", "speed_vs_compile", "{:.2f}x"), ("peak MB", "peak_mb", "{:.0f}"),
+    ("vs compile", "speed_vs_compile", "{:.2f}x"), ("vs full decoder", "speed_vs_full_decoder", "{:.2f}x"), ("peak MB", "peak_mb", "{:.0f}"),
     ("step peak MB", "step_peak_mb", "{:.0f}"), ("peak vs eager", "peak_vs_eager", "{:.2f}x"),
     ("CPU ms", "cpu_ms_median", "{:.0f}"), ("first step s", "first_step_s", "{:.1f}"),
     ("first loss", "first_loss", "{:.5f}"),
