@@ -34,8 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tube_mask_indices_cuda(
   if (N == 0 || L == 0) return {ids_keep, ids_restore, mask};
   int64_t P = 1;
   while (P < hw) P <<= 1;
-  const size_t smem = static_cast<size_t>(P + hw) * sizeof(int64_t);
   constexpr int kThreads = cuda::kTubeThreads;
+  const size_t smem = static_cast<size_t>(P + hw + kThreads) * sizeof(int64_t);
   const int64_t seg = (hw + kThreads - 1) / kThreads;
   auto kernel = cuda::tube_mask_indices_kernel<kThreads>;
   if (smem > 48 * 1024) {

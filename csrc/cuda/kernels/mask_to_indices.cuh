@@ -10,21 +10,21 @@ namespace cuda {
 
 constexpr int kMaskToIndicesThreads = 256;
 
-// Exclusive prefix sum over the block of one value per thread (Hillis-Steele in `scan`, kThreads entries;
-// blockDim.x == kThreads). Every thread must call it; `scan` is free again on return.
+// Exclusive prefix sum over the block of one value per thread (Hillis-Steele in scan[base, base + kThreads);
+// blockDim.x == kThreads). Every thread must call it; those entries are free again on return.
 template <int kThreads, typename Shared>
-__device__ __forceinline__ int64_t block_exclusive_sum(int64_t v, Shared scan) {
-  const int tid = threadIdx.x;
-  scan[tid] = v;
+__device__ __forceinline__ int64_t block_exclusive_sum(int64_t v, Shared scan, int64_t base) {
+  const int64_t i = base + threadIdx.x;
+  scan[i] = v;
   __syncthreads();
 #pragma unroll 1
   for (int off = 1; off < kThreads; off <<= 1) {
-    const int64_t add = tid >= off ? static_cast<int64_t>(scan[tid - off]) : int64_t{0};
+    const int64_t add = static_cast<int>(threadIdx.x) >= off ? static_cast<int64_t>(scan[i - off]) : int64_t{0};
     __syncthreads();
-    scan[tid] = scan[tid] + add;
+    scan[i] = scan[i] + add;
     __syncthreads();
   }
-  const int64_t inclusive = scan[tid];
+  const int64_t inclusive = scan[i];
   __syncthreads();
   return inclusive - v;
 }
@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) mask_to_indices_kernel(
   const uint8_t* row = mask + n * smn;
   int64_t kept = 0;
   for (int64_t l = begin; l < end; ++l) kept += row[l * sml] == 0 ? 1 : 0;
-  int64_t ck = block_exclusive_sum<kThreads>(kept, scan);  // kept patches before `begin`
+  int64_t ck = block_exclusive_sum<kThreads>(kept, scan, 0);  // kept patches before `begin`
   for (int64_t l = begin; l < end; ++l) {
     const bool masked = row[l * sml] != 0;
     ids_restore[n * L + l] = masked ? K + (l - ck) : ck;

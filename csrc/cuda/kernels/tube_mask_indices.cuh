@@ -16,15 +16,16 @@ constexpr int64_t kTubeMaxHW = 4096;  // keys + ranks: 64 KiB of shared memory; 
 constexpr int kTubeThreads = 512;
 
 // noise: [N, hw] float32 strides (snn, snh), or null (Philox from seed/offset); outputs contiguous with L = t*hw,
-// K = t*(hw - m). Dynamic shared memory: keys [P] (P = next power of two >= hw), then ranks [hw].
+// K = t*(hw - m). Dynamic shared memory: keys [P] (P = next power of two >= hw), ranks [hw], the scan [kThreads]
+// (all dynamic: the opt-in above 48 KiB covers dynamic memory only).
 // seg = ceil(hw / kThreads) from the host.
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads) tube_mask_indices_kernel(
     const float* __restrict__ noise, int64_t snn, int64_t snh, int64_t* __restrict__ ids_keep,
     int64_t* __restrict__ ids_restore, float* __restrict__ mask, int64_t hw, int64_t t, int64_t m, int64_t P,
     int64_t seg, uint64_t seed, uint64_t offset) {
-  extern __shared__ int64_t smem[];  // [P + hw]: sort keys, then per position its kept rank or -1 - masked rank
-  __shared__ int64_t scan[kThreads];
+  extern __shared__ int64_t smem[];  // [P + hw + kThreads]: sort keys, per position its kept rank or -1 - masked
+                                     // rank, the block scan
   const int64_t n = blockIdx.x;
   const int tid = threadIdx.x;
   const int64_t kh = hw - m, L = t * hw, K = t * kh;
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) tube_mask_indices_kernel(
   const int64_t end = begin + seg < hw ? begin + seg : hw;
   int64_t kept = 0;
   for (int64_t s = begin; s < end; ++s) kept += smem[P + s];
-  int64_t ck = block_exclusive_sum<kThreads>(kept, scan);  // kept positions before `begin`
+  int64_t ck = block_exclusive_sum<kThreads>(kept, smem, P + hw);  // kept positions before `begin`
   for (int64_t s = begin; s < end; ++s) {
     if (smem[P + s] != 0) {
       smem[P + s] = ck++;
