@@ -282,7 +282,8 @@ def _video_mask_scenarios():
     from . import tube_mask_indices as tmi
 
     out = []
-    for N, hw, t, m in ((256, 196, 8, 176), (256, 256, 8, 230), (256, tmi.MAX_HW, 2, 3686), (2, 1, 1, 0),
+    for N, hw, t, m in ((256, 196, 8, 176), (256, 256, 8, 230), (256, 1024, 4, 921), (256, tmi.MAX_HW, 2, 3686),
+                        (2, 1, 1, 0),
                         (2, 1, 1, 1), (2, 5, 3, 3), (2, 16, 1, 12)):
         for noise in (None, _m(N, hw)):
             out.append((f"tube_mask_indices N={N} hw={hw} t={t} m={m} noise={noise is not None}",
@@ -541,6 +542,8 @@ def _low_occupancy_reason(launch, ttgir):
         return "a tl.dot GEMM, whose pipelined tiles hide latency"
     if launch.kernel.__name__ == "_random_masking_fwd_kernel" and launch.constexprs["BLOCK_L"] >= 8192:
         return "the 8192-key sort (16 warps keep it spill-free; one program per sample)"
+    if launch.kernel.__name__ == "_tube_mask_kernel" and launch.constexprs["BLOCK_HW"] >= 4096:
+        return "the 4096-key sort of the largest spatial grid (64 x 64 patches; one program per sample)"
     return None
 
 

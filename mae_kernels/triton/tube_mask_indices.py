@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .random_masking import _uniform
+from .random_masking import _uniform, _warps
 
 MAX_HW = 4096  # longest spatial row (ops/tube_mask_indices.py and csrc/cuda/kernels/tube_mask_indices.cuh agree)
 _INT64_MAX = tl.constexpr(9223372036854775807)
@@ -73,5 +73,5 @@ def tube_mask_indices(like, noise, t, num_masked, seed, offset):
         noise if has_noise else mask, ids_keep if K > 0 else ids_restore, ids_restore, mask,
         hw, t, num_masked, seed, offset,
         noise.stride(0) if has_noise else 0, noise.stride(1) if has_noise else 0,
-        HAS_NOISE=has_noise, BLOCK_HW=block, num_warps=8 if block >= 2048 else 4)
+        HAS_NOISE=has_noise, BLOCK_HW=block, num_warps=_warps(block))  # random_masking's sort sizes
     return ids_keep, ids_restore, mask
