@@ -41,6 +41,11 @@ class Case:
         self.bytes = dict(self.bytes, full=self.bytes["forward"] + self.bytes["backward"])
 
     @property
+    def modes(self):
+        """The modes this op has: all of MODES, or forward only for ops without a gradient (index outputs)."""
+        return MODES if self.differentiable else ("forward",)
+
+    @property
     def device(self):
         # check_args too: ops timed without a tensor input (masks drawn from N and sizes) check with one
         return next(a.device for a in self.args + self.check_args if isinstance(a, torch.Tensor))
@@ -253,7 +258,7 @@ def run_case(case, providers=PROVIDERS, modes=MODES, copy_gbps=None, log=print, 
         grad_outputs = None
         for mode in modes:
             row = dict(base, mode=mode, bytes=case.bytes[mode])
-            if mode != "forward" and not case.differentiable:
+            if mode not in case.modes:
                 rows.append(dict(row, status="unavailable", reason="no gradient (index outputs): forward only"))
                 continue
             try:
