@@ -11,6 +11,16 @@ TORCH_LIBRARY(mae_kernels, m) {
   m.def("random_masking(Tensor x, Tensor? noise, int len_keep, int seed, int offset) -> "
         "(Tensor x_masked, Tensor mask, Tensor ids_restore, Tensor ids_keep)");
   m.def("random_masking_backward(Tensor grad_x_masked, Tensor ids_keep, int L) -> Tensor");
+  // mask indices from a boolean mask [N, L] (True = masked, any strides; read as bytes, nonzero = True):
+  // kept patches in ascending index, then the masked ones ascending (ids_shuffle = argsort(mask, stable=True)),
+  // num_kept kept per row (rows with another count are rejected in Python before the kernel; the kernel stays
+  // in bounds regardless) -> (ids_keep [N, num_kept], ids_restore [N, L], mask [N, L] float32 1 = removed).
+  m.def("mask_to_indices(Tensor bool_mask, int num_kept) -> (Tensor ids_keep, Tensor ids_restore, Tensor mask)");
+  // tube masking (VideoMAE): like [N, hw, 0] gives N, hw and the device; per sample the hw - num_masked spatial
+  // positions of smallest noise [N, hw] (or Philox from seed/offset when None, CUDA only) are kept in all t
+  // frames; outputs as mask_to_indices with L = t * hw, num_kept = t * (hw - num_masked).
+  m.def("tube_mask_indices(Tensor like, Tensor? noise, int t, int num_masked, int seed, int offset) -> "
+        "(Tensor ids_keep, Tensor ids_restore, Tensor mask)");
   // patchify family: gathers / scatters between images [N, C, H, W] (any strides) and patch vectors
   // [N, K, p*p*C] in (p_row, p_col, c) order; masked_* take the K kept patch indices ids_keep [N, K] int64.
   m.def("patchify(Tensor imgs, int patch_size) -> Tensor");

@@ -28,6 +28,46 @@ def random_mask_indices(N, L, mask_ratio, noise=None, generator=None, device=Non
     return ids_keep, ids_restore, mask
 
 
+def tube_num_masked(hw, mask_ratio):
+    """Masked positions per frame of VideoMAE's TubeMaskingGenerator: int(mask_ratio * hw), Python float
+    truncation of the MASKED count (hw=196: 0.9 -> 176, 0.75 -> 147, 0.95 -> 186; hw=256: 0.9 -> 230)."""
+    return min(int(mask_ratio * hw), hw)
+
+
+def mask_to_indices(bool_mask, num_kept=None):
+    """Indices of a given boolean mask [N, L] (True = masked, HF's bool_masked_pos): (ids_keep [N, K] int64,
+    ids_restore [N, L] int64, mask [N, L] float32, 1 = removed) with ids_shuffle = argsort(mask, stable=True)
+    (kept patches in ascending index, then the masked ones ascending): x[~mask].reshape(N, K, -1) ==
+    gather(x, ids_keep). Every row must keep the same count K (= num_kept when given)."""
+    N, L = bool_mask.shape
+    mask = bool_mask.to(torch.float32)
+    ids_shuffle = torch.argsort(mask, dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
+    K = num_kept if num_kept is not None else L - int(bool_mask[0].sum()) if N > 0 else L
+    return ids_shuffle[:, :K], ids_restore, mask
+
+
+def tube_mask(N, t, hw, mask_ratio, noise):
+    """VideoMAE's tube mask [N, t*hw] bool (True = masked): per sample the int(mask_ratio * hw) spatial positions
+    of LARGEST noise [N, hw] (stable argsort: small noise = kept, as in random_masking) masked in every frame."""
+    m = tube_num_masked(hw, mask_ratio)
+    ids = torch.argsort(noise, dim=1, stable=True)
+    spatial = torch.zeros(N, hw, dtype=torch.bool, device=noise.device)
+    spatial.scatter_(1, ids[:, hw - m:], True)
+    return spatial.repeat(1, t)  # token ti*hw + s is masked iff spatial position s is
+
+
+def tube_mask_indices(N, t, hw, mask_ratio, noise=None, generator=None, device=None):
+    """VideoMAE / VideoMAEv2 tube masking as indices: (ids_keep [N, t*(hw - m)], ids_restore [N, t*hw],
+    mask [N, t*hw] float32, 1 = removed) with m = int(mask_ratio * hw) masked positions per frame, one random
+    spatial mask per sample shared by all t frames, kept tokens in ascending token index (x[~mask] order).
+    noise: [N, hw] float32 (default torch.rand): the hw - m positions of smallest noise are kept."""
+    if noise is None:
+        noise = torch.rand(N, hw, device=device, generator=generator)
+    m = tube_num_masked(hw, mask_ratio)
+    return mask_to_indices(tube_mask(N, t, hw, mask_ratio, noise), t * (hw - m))
+
+
 def random_masking(x, mask_ratio, noise=None, generator=None):
     """The official random_masking: (x_masked [N, K, D], mask [N, L] float32, ids_restore [N, L] int64)."""
     N, L, D = x.shape

@@ -193,6 +193,36 @@ def random_mask_indices_case(N=2, L=12, ratio=0.75, seed=0, noise="rand"):
     return Case("random_mask_indices", fn, dict(noise=nz, device=torch.device("cpu")))
 
 
+def tube_mask_indices_case(N=2, t=3, hw=6, ratio=0.75, seed=0, noise="rand"):
+    """VideoMAE tube masking; noise as random_masking_case ('rand', 'ties', 'special', or None: drawn on
+    `device`, an input so that Case.to moves it)."""
+    g = _gen(seed)
+    nz = None if noise is None else torch.rand(N, hw, generator=g)
+    if noise in ("ties", "special"):
+        nz = (nz * 4).floor() / 4
+    if noise == "special":
+        flat = nz.view(-1)
+        pick = torch.randperm(flat.numel(), generator=g)[:3]
+        flat[pick] = torch.tensor([float("nan"), float("inf"), float("-inf")])[:len(pick)]
+
+    def fn(noise, device):
+        return mae_kernels.tube_mask_indices(N, t, hw, ratio, noise=noise, device=device)
+    return Case("tube_mask_indices", fn, dict(noise=nz, device=torch.device("cpu")))
+
+
+def mask_to_indices_case(N=2, L=12, K=4, seed=0, given=True, strided=False):
+    """A boolean mask with K kept (False) patches per row; given: num_kept passed (no host sync); strided: the
+    mask a non-contiguous view (a column slice of a wider mask)."""
+    keep = _ids(_gen(seed), N, L)[:, :K]
+    bool_mask = torch.ones(N, L, dtype=torch.bool).scatter(1, keep, False)
+    if strided:
+        wide = torch.zeros(N, 2 * L, dtype=torch.bool)
+        wide[:, ::2] = bool_mask
+        bool_mask = wide[:, ::2]
+    return Case("mask_to_indices", lambda bool_mask: mae_kernels.mask_to_indices(bool_mask, K if given else None),
+                dict(bool_mask=bool_mask))
+
+
 def _images(g, N, C, h, w, p, dtype, channels_last=False):
     imgs = _randn(g, N, C, h * p, w * p, dtype=dtype)
     return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
@@ -346,6 +376,8 @@ def all_cases(dtype=torch.float32, seed=0):
     return [
         random_masking_case(dtype=dtype, seed=seed),
         random_mask_indices_case(seed=seed),
+        tube_mask_indices_case(seed=seed),
+        mask_to_indices_case(seed=seed),
         patchify_case(dtype=dtype, seed=seed),
         unpatchify_case(dtype=dtype, seed=seed),
         masked_patchify_case(dtype=dtype, seed=seed),
@@ -366,6 +398,8 @@ def gpu_cases():
     return [
         random_masking_case(N=64, L=196, D=256),
         random_mask_indices_case(N=64, L=1568),
+        tube_mask_indices_case(N=64, t=8, hw=196, ratio=0.9),
+        mask_to_indices_case(N=64, L=1568, K=160),
         patchify_case(N=8, C=3, h=14, w=10, p=16),
         unpatchify_case(N=8, C=3, h=14, w=10, p=16),
         masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),

@@ -29,10 +29,13 @@ THREADS = {
     "unshuffle_backward_mask_sum_kernel": 256,
     "append_mask_tokens_kernel": 256,        # append_mask_tokens.cu kThreads
     "masked_mse_rows_kernel": 256,           # masked_mse_loss.cu kThreads (also its __launch_bounds__)
+    "mask_to_indices_kernel": 256,           # cuda::kMaskToIndicesThreads (also its __launch_bounds__)
+    "tube_mask_indices_kernel": 512,         # cuda::kTubeThreads (also its __launch_bounds__)
 }
 # Largest dynamic shared memory a launcher asks for (bytes): the sort keys of L = kRandomMaskingMaxL = 8192
 # tokens, int64; the backward's int32 ranks.
-DYNAMIC_SHARED = {"random_masking_forward_kernel": 8192 * 8, "random_masking_backward_kernel": 8192 * 4}
+DYNAMIC_SHARED = {"random_masking_forward_kernel": 8192 * 8, "random_masking_backward_kernel": 8192 * 4,
+                  "tube_mask_indices_kernel": (4096 + 4096 + 512) * 8}  # keys, ranks, scan at hw = kTubeMaxHW
 REGISTERS_PER_SM = 65536
 REGISTER_UNIT = 256                   # registers are allocated per warp in units of 256
 MAX_REGISTERS_PER_THREAD = 255

@@ -131,13 +131,15 @@ def _masks(backend, device, fn, **kwargs):
             return mae_kernels.random_masking(x, 0.75, **kwargs)
         if fn == "random_mask_indices":
             return mae_kernels.random_mask_indices(N, L, 0.75, device=torch.device(device), **kwargs)
+        if fn == "tube_mask_indices":
+            return mae_kernels.tube_mask_indices(N, 4, L // 4, 0.75, device=torch.device(device), **kwargs)
         imgs = x.reshape(N, 1, 2 * L, D // 2)
         w, b = torch.randn(6, 1, 2, 2, generator=g).to(device), torch.zeros(6, device=device)
         return mae_kernels.random_masked_patch_embed(imgs, w, b, None, 0.75, **kwargs)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("fn", ["random_masking", "random_mask_indices", "random_masked_patch_embed"])
+@pytest.mark.parametrize("fn", ["random_masking", "random_mask_indices", "tube_mask_indices", "random_masked_patch_embed"])
 def test_same_seed_same_masks(backend, device, fn):
     """torch.manual_seed (or a seeded generator) reproduces the masks; successive calls draw fresh ones."""
     torch.manual_seed(123)

@@ -99,6 +99,8 @@ def _cpu_cases():
         "random_masking": (dict(x=torch.randn(N_VIEW, L, D).to(f16), mask_ratio=0.6, noise=torch.rand(N_VIEW, L)),
                            "x", ["x"], True),
         "patchify": (dict(imgs=imgs, patch_size=P_SIZE), "imgs", ["imgs"], True),
+        "mask_to_indices": (dict(bool_mask=torch.ones(N_VIEW, L, dtype=torch.bool).scatter(1, keep, False),
+                                 num_kept=K), "bool_mask", [], True),
         "unpatchify": (dict(x=torch.randn(N_VIEW, L, P).to(f16), patch_size=P_SIZE, image_size=(H, W)), "x", ["x"],
                        True),
         "masked_patchify": (dict(imgs=imgs, ids_keep=keep, patch_size=P_SIZE), "imgs", ["imgs"], True),
@@ -156,11 +158,11 @@ def test_cpu_strided_view_past_int32(op, backend):
             _compare(g, w, exact, f"{op} grad {k}")
 
 
-def test_cpu_cases_cover_every_public_op_but_random_mask_indices():
-    # random_mask_indices takes no tensor but noise (float32; covered on the GPU below, where its [N, L]
-    # index outputs themselves pass 2**31 elements).
+def test_cpu_cases_cover_every_public_op_but_the_drawn_masks():
+    # random_mask_indices and tube_mask_indices take no tensor but noise (float32; covered on the GPU below,
+    # where their [N, L] index outputs themselves pass 2**31 elements).
     ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend", "apply", "unapply",
-                                         "random_mask_indices"}
+                                         "random_mask_indices", "tube_mask_indices"}
     assert set(_cpu_cases()) == ops
 
 
@@ -307,6 +309,42 @@ def test_gpu_random_mask_indices_past_int32(backend):
         want = reference.random_mask_indices(noise[rows].shape[0], L_, 0.75, noise[rows])
         for name, g, w in zip(("ids_keep", "ids_restore", "mask"), (ids_keep, ids_restore, mask), want):
             assert_rows_equal(g[rows], w, f"random_mask_indices {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.large
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_tube_mask_indices_past_int32(backend):
+    """[N, t*hw] index outputs of more than 2**31 elements (ids_restore alone is 16 GiB)."""
+    need_gpu_memory(42 * GiB)
+    t, hw = 8, 128
+    n = big_n(t * hw)
+    noise = torch.rand(n, hw, device="cuda")
+    with mae_kernels.use_backend(backend):
+        ids_keep, ids_restore, mask = mae_kernels.tube_mask_indices(n, t, hw, 0.75, noise=noise)
+    assert ids_restore.numel() > INT32_LIMIT
+    for rows in (HEAD, TAIL):
+        want = reference.tube_mask_indices(noise[rows].shape[0], t, hw, 0.75, noise[rows])
+        for name, g, w in zip(("ids_keep", "ids_restore", "mask"), (ids_keep, ids_restore, mask), want):
+            assert_rows_equal(g[rows], w, f"tube_mask_indices {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.large
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_mask_to_indices_past_int32(backend):
+    """A boolean mask and [N, L] index outputs of more than 2**31 elements."""
+    need_gpu_memory(46 * GiB)
+    L_, K_ = 1024, 256
+    n = big_n(L_)
+    bool_mask = torch.rand(n, L_, device="cuda").argsort(dim=1) >= K_  # K_ kept per row
+    with mae_kernels.use_backend(backend):
+        ids_keep, ids_restore, mask = mae_kernels.mask_to_indices(bool_mask, K_)
+    assert ids_restore.numel() > INT32_LIMIT
+    for rows in (HEAD, TAIL):
+        want = reference.mask_to_indices(bool_mask[rows], K_)
+        for name, g, w in zip(("ids_keep", "ids_restore", "mask"), (ids_keep, ids_restore, mask), want):
+            assert_rows_equal(g[rows], w, f"mask_to_indices {name}")
 
 
 @pytest.mark.gpu

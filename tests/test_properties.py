@@ -50,6 +50,22 @@ def test_random_mask_indices(backend, device, N, L, ratio, seed):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@budget(20)
+@given(N=st.integers(1, 3), t=st.integers(1, 4), hw=st.integers(1, 40), ratio=ratios, seed=seeds,
+       noise=st.sampled_from(["rand", "ties", "special"]))
+def test_tube_mask_indices(backend, device, N, t, hw, ratio, seed, noise):
+    check(oc.tube_mask_indices_case(N, t, hw, ratio, seed, noise), backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@budget(20)
+@given(N=st.integers(1, 3), L=st.integers(1, 70), fraction=fractions, seed=seeds, given_=st.booleans(),
+       strided=st.booleans())
+def test_mask_to_indices(backend, device, N, L, fraction, seed, given_, strided):
+    check(oc.mask_to_indices_case(N, L, int(fraction * L), seed, given_, strided), backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @budget(40)
 @given(g=grids, dtype=dtypes, seed=seeds, channels_last=st.booleans())
 def test_patchify(backend, device, g, dtype, seed, channels_last):

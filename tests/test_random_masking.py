@@ -392,3 +392,32 @@ def test_noise_is_the_documented_philox_stream(kernel, seed, offset):
     want = _reference(x, 0.75, noise)
     for name, u, v in zip(("x_masked", "mask", "ids_restore", "ids_keep"), got, want):
         _assert_equal(name, u, v)
+
+
+# ---- mae_st spacetime masking: random_masking over all L = t*h*w tokens (MAE_SPEC_VIDEO.md) ---------------------
+def _check_spacetime(backend, device, N, ratio, keep):
+    L = 1568
+    assert reference.len_keep(L, ratio) == keep
+    noise = torch.rand(N, L, device=device)
+    with use_backend(backend):
+        ids_keep, ids_restore, mask = random_mask_indices(N, L, ratio, noise=noise, device=device)
+    want = _reference(torch.empty(N, L, 0, device=device), ratio, noise)
+    assert ids_keep.shape == (N, keep)
+    _assert_equal("ids_keep", ids_keep, want[3])
+    _assert_equal("ids_restore", ids_restore, want[2])
+    _assert_equal("mask", mask, want[1])
+    assert torch.equal(mask.sum(1).cpu(), torch.full((N,), float(L - keep)))
+
+
+@pytest.mark.parametrize("backend,device", CPU_BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("ratio,keep", [(0.9, 156), (0.95, 78), (0.75, 392)])
+def test_spacetime_masking_at_video_length(backend, device, ratio, keep):
+    """L = 8 x 14 x 14 = 1568 spacetime tokens (16 frames of 224 x 224, tubelet 2x16x16): mae_st's
+    len_keep = int(L * (1 - r)) kept (156 / 78 / 392), in ascending noise order, bit-exact ids on every backend
+    (the kept rows themselves at L = 1568: test_matches_reference)."""
+    _check_spacetime(backend, device, 3, ratio, keep)
+
+
+def test_triton_interpreter_spacetime_masking_at_video_length():
+    # One row: the interpreter sorts 2048 keys in about 15 s (test_triton_interpreter_long_row has r = 0.75).
+    _check_spacetime("triton", "cpu", 1, 0.9, 156)

@@ -33,6 +33,10 @@ def _good(op):
         return dict(x=torch.randn(N, 8, 3), mask_ratio=0.5, noise=None, generator=None)
     if op == "random_mask_indices":
         return dict(N=N, L=8, mask_ratio=0.5, noise=None, generator=None, device=None)
+    if op == "tube_mask_indices":
+        return dict(N=N, t=2, hw=6, mask_ratio=0.5, noise=None, generator=None, device=None)
+    if op == "mask_to_indices":
+        return dict(bool_mask=torch.ones(N, L, dtype=torch.bool).scatter(1, _ids_keep(), False), num_kept=K)
     if op == "patchify":
         return dict(imgs=_imgs(), patch_size=P_SIZE)
     if op == "unpatchify":
@@ -165,6 +169,30 @@ CASES = [
      r"ids_keep values must be patch indices in \[0, 12\)"),
     ("masked_patch_embed", "ids_keep", lambda a: a["ids_keep"].int(), TypeError, r"ids_keep must have dtype torch.int64"),
     ("masked_patch_embed", "ids_keep", lambda a: meta(a["ids_keep"]), ValueError, r"ids_keep must be on cpu .*got meta"),
+    # tube_mask_indices
+    ("tube_mask_indices", "N", lambda a: 0, ValueError, r"N must be a positive int, got 0"),
+    ("tube_mask_indices", "t", lambda a: 2.0, TypeError, r"t must be an int, got float"),
+    ("tube_mask_indices", "t", lambda a: 0, ValueError, r"t must be a positive int, got 0"),
+    ("tube_mask_indices", "hw", lambda a: True, TypeError, r"hw must be an int, got bool"),
+    ("tube_mask_indices", "mask_ratio", lambda a: 1.0, ValueError, r"mask_ratio must be in \[0, 1\), got 1.0"),
+    ("tube_mask_indices", "mask_ratio", lambda a: "0.9", TypeError, r"mask_ratio must be a Python float"),
+    ("tube_mask_indices", "noise", lambda a: torch.rand(2, 7), ValueError, r"noise must have shape \[2, 6\], got \(2, 7\)"),
+    ("tube_mask_indices", "noise", lambda a: torch.rand(2, 6).half(), TypeError, r"noise must have dtype torch.float32"),
+    ("tube_mask_indices", "noise", lambda a: dict(noise=torch.rand(2, 6, device=META), device="cpu"), ValueError,
+     r"noise must be on cpu .*got meta"),
+    ("tube_mask_indices", "generator", lambda a: "seed", TypeError, r"generator must be a torch.Generator or None, got str"),
+    # mask_to_indices
+    ("mask_to_indices", "bool_mask", lambda a: a["bool_mask"].float(), TypeError,
+     r"bool_mask must have dtype torch.bool, got torch.float32"),
+    ("mask_to_indices", "bool_mask", lambda a: a["bool_mask"][0], ValueError, r"bool_mask must have 2 dimensions, got 1"),
+    ("mask_to_indices", "bool_mask", lambda a: a["bool_mask"].tolist(), TypeError, r"bool_mask must be a torch.Tensor"),
+    ("mask_to_indices", "bool_mask", lambda a: dict(bool_mask=torch.arange(L).expand(N, L) >= torch.tensor([[1], [2]]),
+                                                    num_kept=None), ValueError,
+     r"bool_mask must keep \(hold False in\) the same number of patches in every row, got 1 in row 0 and 2 in row 1"),
+    ("mask_to_indices", "num_kept", lambda a: K + 1, RuntimeError,
+     r"bool_mask must keep \(hold False in\) num_kept = 4 patches in every row"),
+    ("mask_to_indices", "num_kept", lambda a: L + 1, ValueError, r"num_kept must be at most L = 12 .*got 13"),
+    ("mask_to_indices", "num_kept", lambda a: 3.0, TypeError, r"num_kept must be an int, got float"),
     # random_masked_patch_embed
     ("random_masked_patch_embed", "weight", lambda a: torch.randn(D, C, 0, 0), ValueError,
      r"weight must be a Conv2d patch embedding weight.*got \(16, 3, 0, 0\)"),

@@ -41,8 +41,14 @@ class Case:
         self.bytes = dict(self.bytes, full=self.bytes["forward"] + self.bytes["backward"])
 
     @property
+    def modes(self):
+        """The modes this op has: all of MODES, or forward only for ops without a gradient (index outputs)."""
+        return MODES if self.differentiable else ("forward",)
+
+    @property
     def device(self):
-        return next(a.device for a in self.args if isinstance(a, torch.Tensor))
+        # check_args too: ops timed without a tensor input (masks drawn from N and sizes) check with one
+        return next(a.device for a in self.args + self.check_args if isinstance(a, torch.Tensor))
 
     def leaves(self, args=None):
         """The inputs whose .grad the backward pass fills (cleared before each timed call)."""
@@ -252,6 +258,9 @@ def run_case(case, providers=PROVIDERS, modes=MODES, copy_gbps=None, log=print, 
         grad_outputs = None
         for mode in modes:
             row = dict(base, mode=mode, bytes=case.bytes[mode])
+            if mode not in case.modes:
+                rows.append(dict(row, status="unavailable", reason="no gradient (index outputs): forward only"))
+                continue
             try:
                 step, grad_outputs = mode_step(case, fn, mode, grad_outputs)
                 stats = measure(step, device, case.leaves(), **timing)

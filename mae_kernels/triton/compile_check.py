@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 MODULES = ("random_masking", "masked_patchify", "masked_patch_embed", "unshuffle_with_mask_tokens",
-           "append_mask_tokens", "masked_mse_loss")
+           "append_mask_tokens", "masked_mse_loss", "tube_mask_indices", "mask_to_indices")
 # Per-block limits (CUDA C programming guide, compute capabilities table).
 MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 REGISTERS_PER_BLOCK = 65536
@@ -283,6 +283,28 @@ def scenarios():
                                     mse.masked_mse_loss_backward(_m(), *args(), p, norm, 1e-6, need_pred,
                                                                  need_imgs)))
     out += _edge_scenarios(rm, pf, pe, un, mse)
+    out += _video_mask_scenarios()
+    return out
+
+
+def _video_mask_scenarios():
+    """tube_mask_indices at VideoMAE's grids (hw = 196, 256; t = 8, ratio 0.9) and the longest sort (MAX_HW), both
+    noise paths; mask_to_indices at L = 1568 and 196 and a row of many chunks; and the tiny sizes of the tests
+    (==1 specializations: t, hw, m, K of 1)."""
+    from . import mask_to_indices as mti
+    from . import tube_mask_indices as tmi
+
+    out = []
+    for N, hw, t, m in ((256, 196, 8, 176), (256, 256, 8, 230), (256, 1024, 4, 921), (256, tmi.MAX_HW, 2, 3686),
+                        (2, 1, 1, 0),
+                        (2, 1, 1, 1), (2, 5, 3, 3), (2, 16, 1, 12)):
+        for noise in (None, _m(N, hw)):
+            out.append((f"tube_mask_indices N={N} hw={hw} t={t} m={m} noise={noise is not None}",
+                        lambda N=N, hw=hw, t=t, m=m, noise=noise: tmi.tube_mask_indices(
+                            _m(N, hw, 0), noise, t, m, 2**40 + 3, 4096)))
+    for N, L, K in ((256, 1568, 160), (256, 196, 49), (64, 20000, 5000), (2, 1, 0), (2, 1, 1), (2, 7, 3)):
+        out.append((f"mask_to_indices N={N} L={L} K={K}",
+                    lambda N=N, L=L, K=K: mti.mask_to_indices(_m(N, L, dtype=torch.bool), K)))
     return out
 
 
@@ -534,6 +556,8 @@ def _low_occupancy_reason(launch, ttgir):
         return "a tl.dot GEMM, whose pipelined tiles hide latency"
     if launch.kernel.__name__ == "_random_masking_fwd_kernel" and launch.constexprs["BLOCK_L"] >= 8192:
         return "the 8192-key sort (16 warps keep it spill-free; one program per sample)"
+    if launch.kernel.__name__ == "_tube_mask_kernel" and launch.constexprs["BLOCK_HW"] >= 4096:
+        return "the 4096-key sort of the largest spatial grid (64 x 64 patches; one program per sample)"
     return None
 
 
