@@ -11,7 +11,10 @@ when training on one). The run ends with the loader's throughput alone against t
 With no argument: a tiny MAE trained for a few minutes on a CPU on random crops of scikit-image's sample
 photographs; writes a reconstruction figure and the loss curve to runs/demo/.
 Several processes / GPUs / nodes: `torchrun --nproc_per_node N -m mae_kernels pretrain ...` (DDP; nccl on
-GPUs, gloo on CPUs; each rank trains on its shard, rank 0 logs and writes checkpoints and figures).
+GPUs, gloo on CPUs; each rank trains on its shard, rank 0 logs and writes checkpoints and figures). --fsdp shards
+parameters, gradients and optimizer state instead (FSDP2, torch.distributed.fsdp.fully_shard: each transformer
+block, then the rest), for models too large to replicate; its checkpoints hold the full, unsharded state as DDP's
+do, so they load into a single-process model.
 """
 import argparse
 import contextlib
@@ -69,6 +72,8 @@ def parse_args(argv):
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="mae_kernels' fused ops (--no-fused: the official eager path)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with torchrun: shard the model with FSDP2 (fully_shard per block) instead of DDP")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -117,9 +122,43 @@ def lr_at(epoch, args):
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def save_checkpoint(path, model, optimizer, state, args):
+def shard_model(model, device, world):
+    """FSDP2: each encoder and decoder block its own unit (all-gathered just before it runs, freed after), then the
+    root (embeddings, tokens, norms, prediction head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for block in list(model.blocks) + list(model.decoder_blocks):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state(model, optimizer, fsdp):
+    """(model, optimizer) state dicts with every tensor whole and keyed by parameter name, sharded or not
+    (torch.distributed.checkpoint.state_dict). Every rank calls it (FSDP gathers); under FSDP only rank 0
+    receives them (on the CPU)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=fsdp)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model, optimizer, ckpt):
+    """A checkpoint from any run (single process, DDP or FSDP) into this one's model and optimizer, sharding
+    them as the model is."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=options)
+
+
+def save_checkpoint(path, model_state, optimizer_state, state, args):
     tmp = path + ".tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args), **state}, tmp)
+    torch.save({"model": model_state, "optimizer": optimizer_state, "args": vars(args), **state}, tmp)
     os.replace(tmp, path)  # never a half-written checkpoint
 
 
@@ -207,9 +246,14 @@ def main(argv=None):
 
 def _train(args, device, rank, world):
     is_main = rank == 0
-    torch.manual_seed(args.seed + rank)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP does not broadcast them, DDP does)
     model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
                                use_fused_ops=args.fused).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if args.fsdp:
+        if world == 1:
+            raise ValueError("--fsdp shards the model across processes: start several with torchrun")
+        shard_model(model, device, world)
     eff_batch = args.batch_size * args.accum_iter * world
     if args.lr is None:
         args.lr = args.blr * eff_batch / 256
@@ -220,14 +264,13 @@ def _train(args, device, rank, world):
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_full_state(model, optimizer, ckpt)
         state = {k: ckpt[k] for k in state}
         if is_main:
             print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
 
     net = model
-    if world > 1:
+    if world > 1 and not args.fsdp:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
@@ -238,9 +281,8 @@ def _train(args, device, rank, world):
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path = os.path.join(args.output_dir, CHECKPOINT)
     if is_main:
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{args.model}: {n_params / 1e6:.2f}M trainable parameters, {args.input_size}px, device {device}, "
-              f"{world} process(es), fused ops {'on' if args.fused else 'off'}, autocast {amp}")
+              f"{world} process(es) ({'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single'}), fused ops {'on' if args.fused else 'off'}, autocast {amp}")
         print(f"data: {args.data or 'scikit-image sample photographs'} ({len(dataset)} per epoch, "
               f"{max(args.num_workers, 1)} loader process(es), decoding on {dataset.decode_device}), "
               f"effective batch "
@@ -310,8 +352,9 @@ def _train(args, device, rank, world):
                 break
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        model_state, optimizer_state = full_state(model, optimizer, args.fsdp)  # every rank (FSDP gathers)
         if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, state, args)
+            save_checkpoint(ckpt_path, model_state, optimizer_state, state, args)
             if epoch_losses:
                 with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
                     f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
@@ -320,7 +363,13 @@ def _train(args, device, rank, world):
         bar.close()
     if is_main and speed.line(dataset.decode_device):
         print(speed.line(dataset.decode_device))
-    if world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)
+    if args.fsdp:  # the figures from a single-process copy of the whole model (rank 0 gathers it)
+        model_state, _ = full_state(model, optimizer, True)
+        if is_main:
+            model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
+                                       use_fused_ops=args.fused).to(device)
+            model.load_state_dict(model_state)
+    elif world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)
         import torch.distributed as dist
 
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
