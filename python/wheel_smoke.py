@@ -23,7 +23,7 @@ assert info["torch_version"] == torch.__version__, (info["torch_version"], torch
 torch.manual_seed(0)
 eager, fused = mae_vit_tiny(img_size=32, use_fused_ops=False), mae_vit_tiny(img_size=32, use_fused_ops=True)
 fused.load_state_dict(eager.state_dict())
-imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 4)
+imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, fused.patch_embed.num_patches)
 with mae_kernels.use_backend("cpu"):  # the compiled kernels, not the reference fallback
     loss_f, _, mask_f = fused(imgs, 0.75, noise)
     loss_f.backward()
