@@ -4,11 +4,13 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.14.1
-DEPS    := transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm
+# The torchvision release paired with TORCH (each torchvision requires one torch; an unpinned one would move torch).
+TORCHVISION ?= torchvision==0.29.1
+DEPS    := "$(TORCHVISION)" transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 
-.PHONY: venv install build test test-isa test-floor demo bench bench-compare gpu-check gpu-compare clean
+.PHONY: venv install build wheel test-wheel test test-isa test-floor demo bench bench-compare gpu-check gpu-compare clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -26,6 +28,16 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 # Incremental in-place build for development (ninja keeps object files in build/).
 build: venv
 	$(PY) setup.py -q build_ext --inplace
+
+# A wheel in dist/: the extension built for this venv's torch (recorded in mae_kernels/_build_info.py; CUDA kernels
+# as `make install` decides, MAE_KERNELS_BUILD_CUDA=0|1 to choose).
+wheel: venv
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# The wheel and `pip install .` (not editable) each installed in a scratch virtualenv and smoke-tested from outside
+# the checkout (python/test_wheel.sh; minutes, so not part of `make test`).
+test-wheel: venv
+	PY=$(CURDIR)/$(PY) TORCH="$(TORCH)" bash python/test_wheel.sh
 
 # One pytest per core (python/run_tests_parallel.py: chunks of whole files, longest first by python/test_durations.json,
 # outputs printed as each ends, one junit XML).
@@ -113,4 +125,4 @@ gpu-compare:
 	exit $$rc
 
 clean:
-	rm -rf build *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV) $(FLOOR_VENV)
+	rm -rf build dist *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV) $(FLOOR_VENV)

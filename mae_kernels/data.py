@@ -1,31 +1,37 @@
-"""Images for pre-training: the reference's augmentation written in torch (RandomResizedCrop(scale 0.2..1,
-bicubic), horizontal flip, ImageNet normalisation; torchvision is not needed), a folder of images or the sample
-photographs that ship with scikit-image, and a DistributedSampler-like sharded sampler that can resume mid-epoch.
+"""Images for pre-training, made as the official recipe (facebookresearch/mae main_pretrain.py) makes them, with
+torchvision: `--data DIR` is a torchvision.datasets.ImageFolder, each sample goes through transforms.v2
+RandomResizedCrop(size, scale=(0.2, 1.0), bicubic) + RandomHorizontalFlip + ToImage/ToDtype + Normalize(ImageNet).
+The default data are the sample photographs that ship with scikit-image. What the project adds:
+- per-sample reproducible randomness: sample i of epoch e draws its crop and flip from its own seed (seed, e, i),
+  whichever process, worker or batch it lands in, so a resumed run repeats them;
+- batched JPEG decoding: a batch is fetched at once (Dataset.__getitems__) and its JPEGs decoded by one
+  torchvision.io.decode_jpeg call, on the CPU in the loader's workers, or on the GPU (nvJPEG) in the training
+  process with decode_device="cuda", the workers then only reading files;
+- ShardedSampler, DistributedSampler's sharding that can resume in the middle of an epoch.
 """
-import math
-import os
+import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # scikit-image's bundled photographs (grayscale ones are converted to RGB).
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
                    "retina", "colorwheel", "camera", "coins", "moon", "grass", "gravel", "brick", "clock")
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def to_rgb_tensor(array):
-    """HxW, HxWx1, HxWx3 or HxWx4 (uint8 or bool or float in [0, 1]) -> [3, H, W] float32 in [0, 1]."""
+    """HxW, HxWx1, HxWx3 or HxWx4 (uint8, other integers, bool, or float in [0, 1]) -> [3, H, W] uint8."""
     a = np.asarray(array)
     if a.dtype == bool:
-        a = a.astype(np.float32)
-    elif np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        scale = 255.0 / float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 255.0
+        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    t = torch.from_numpy(np.ascontiguousarray(a))
     if t.dim() == 2:
         t = t.unsqueeze(-1)
     if t.dim() != 3:
@@ -38,17 +44,43 @@ def to_rgb_tensor(array):
     return t.permute(2, 0, 1).contiguous()
 
 
-def load_image(path):
-    from PIL import Image
+def train_transform(size):
+    """The official recipe's augmentation in transforms.v2 (interpolation=3 there is bicubic; ToTensor is
+    ToImage + ToDtype(float32, scale=True)). Takes a PIL image or a uint8 [3, H, W] tensor on any device."""
+    from torchvision.transforms import v2
 
-    with Image.open(path) as im:
-        return to_rgb_tensor(np.asarray(im.convert("RGB")))
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def augment(transform, img, seed):
+    """transform(img) with torch's CPU generator seeded by `seed` for the call (v2 transforms draw their
+    parameters from it, on the CPU even for CUDA images) and restored after: the caller's stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(img).as_subclass(torch.Tensor)
+
+
+def center_view(img, size):
+    """A deterministic view for figures: the central square of a uint8 [3, H, W] image, resized, normalised."""
+    from torchvision.transforms import v2
+
+    img = v2.functional.center_crop(img, min(img.shape[-2:]))
+    img = v2.functional.resize(img, list(size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    img = v2.functional.to_dtype(img, torch.float32, scale=True)
+    return v2.functional.normalize(img, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def skimage_samples(max_side=256):
-    """The bundled scikit-image photographs as [3, H, W] tensors (those this install can load), the shorter side
-    shrunk to max_side (crops of tiny training images need no more, and resizing gets cheap)."""
+    """The bundled scikit-image photographs as uint8 [3, H, W] tensors (those this install can load), the
+    shorter side shrunk to max_side (crops of tiny training images need no more, and resizing gets cheap)."""
     import skimage.data
+    from torchvision.transforms import v2
 
     images = []
     for name in SKIMAGE_SAMPLES:
@@ -56,98 +88,134 @@ def skimage_samples(max_side=256):
             img = to_rgb_tensor(getattr(skimage.data, name)())
         except Exception:  # some need an optional download (pooch); the rest suffice
             continue
-        s = max_side / min(img.shape[1:])
-        if s < 1:
-            img = resize(img, (round(img.shape[1] * s), round(img.shape[2] * s)))
+        if min(img.shape[1:]) > max_side:
+            img = v2.functional.resize(img, max_side, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
         images.append(img)
     if not images:
         raise RuntimeError("no scikit-image sample photograph could be loaded; pass --data DIR")
     return images
 
 
-def list_images(folder):
-    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise ValueError(f"--data {folder!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return paths
+def read_encoded(path):
+    """An image file's bytes as a uint8 tensor (ImageFolder's loader here: decoding waits for the batch)."""
+    from torchvision.io import read_file
+
+    return read_file(path)
 
 
-def random_resized_crop_box(H, W, generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop.get_params: (top, left, height, width)."""
-    area = H * W
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        u = torch.rand(2, generator=generator).tolist()
-        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[0])
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= W and 0 < h <= H:
-            top = int(torch.randint(0, H - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, W - w + 1, (1,), generator=generator))
-            return top, left, h, w
-    in_ratio = W / H  # fallback: central crop
-    if in_ratio < ratio[0]:
-        w, h = W, int(round(W / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = H, int(round(H * ratio[1]))
-    else:
-        h, w = H, W
-    return (H - h) // 2, (W - w) // 2, h, w
+def decode_one(data):
+    """A non-JPEG image file's bytes -> uint8 [3, H, W]: torchvision.io (PNG, WebP, GIF), else PIL (BMP, TIFF,
+    PPM/PGM, the rest of ImageFolder's extensions)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            return to_rgb_tensor(np.asarray(im.convert("RGB")))
 
 
-def resize(img, size):
-    """Bicubic, antialiased, clamped to [0, 1] as a uint8 PIL resize would be. img: [3, h, w]."""
-    out = F.interpolate(img.unsqueeze(0), size=size, mode="bicubic", align_corners=False, antialias=True)
-    return out.squeeze(0).clamp_(0, 1)
+def decode_batch(encoded, device="cpu"):
+    """Image files' bytes (1-D uint8 tensors) -> uint8 [3, H, W] tensors on `device`, in order. The JPEGs go
+    through one torchvision.io.decode_jpeg call (on CUDA: nvJPEG's batched decoder); other formats one by one on
+    the CPU. Grayscale and CMYK JPEGs come out RGB; EXIF orientation is ignored, as PIL's loader ignores it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = [None] * len(encoded)
+    jpegs = [k for k, e in enumerate(encoded) if bytes(e[:3].tolist()) == JPEG_MAGIC]
+    if jpegs:
+        decoded = decode_jpeg([encoded[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)
+        for k, img in zip(jpegs, decoded):
+            out[k] = img
+    for k, e in enumerate(encoded):
+        if out[k] is None:
+            out[k] = decode_one(e).to(device)
+    return out
 
 
-def normalize(img, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    mean = torch.tensor(mean, dtype=img.dtype).view(-1, 1, 1)
-    std = torch.tensor(std, dtype=img.dtype).view(-1, 1, 1)
-    return (img - mean) / std
-
-
-def train_transform(img, size, generator):
-    """RandomResizedCrop(size, scale=(0.2, 1), bicubic) + RandomHorizontalFlip + ImageNet normalisation."""
-    top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], generator)
-    out = resize(img[:, top:top + h, left:left + w], size)
-    if float(torch.rand(1, generator=generator)) < 0.5:
-        out = out.flip(-1)
-    return normalize(out)
-
-
-def center_view(img, size):
-    """A deterministic view for figures: the central square, resized."""
-    s = min(img.shape[1], img.shape[2])
-    top, left = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
-    return normalize(resize(img[:, top:top + s, left:left + s], size))
+def collate_batch(batch):
+    """The DataLoader's collate_fn: __getitems__ already made the batch."""
+    return batch
 
 
 class CropDataset(Dataset):
-    """Augmented crops of a list of sources ([3, H, W] tensors, or paths loaded on demand). Keys are
-    epoch * len(self) + i (ShardedSampler yields them, so persistent workers need no epoch update): sample i of
-    epoch e comes from source i % len(sources) with its own generator (seed, e, i), a reproducible stream
-    that each rank draws its share of independently."""
+    """Augmented crops of a list of uint8 [3, H, W] images. Keys are epoch * len(self) + i (ShardedSampler yields
+    them, so persistent workers need no epoch update): sample i of epoch e comes from source i % len(sources),
+    augmented with its own seed (seed, e, i), a reproducible stream that each rank draws its share of
+    independently. A batch comes from __getitems__ as a dict: "images" (the stacked crops, float32 [B, 3, S, S])
+    or, when decoding is left to the training process, "encoded" (the files' bytes); "keys"; and "seconds", the
+    time the loader took to make it (read the throughput of the loader alone from it)."""
 
     def __init__(self, sources, size, length=None, seed=0):
         self.sources = list(sources)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.length = len(self.sources) if length is None else int(length)
         self.seed = seed
+        self.transform = train_transform(self.size)
+        self.decode_device = "cpu"
 
     def __len__(self):
         return self.length
 
     def source(self, i):
-        src = self.sources[i % len(self.sources)]
-        return load_image(src) if isinstance(src, str) else src
+        """Source image i (uint8 [3, H, W], CPU)."""
+        return self.sources[i % len(self.sources)]
+
+    def sample_seed(self, key):
+        epoch, i = divmod(key, self.length)
+        return ((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % (1 << 63), i
+
+    def augment_batch(self, imgs, keys):
+        return torch.stack([augment(self.transform, img, self.sample_seed(k)[0]) for img, k in zip(imgs, keys)])
 
     def __getitem__(self, key):
-        epoch, i = divmod(key, self.length)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + i)
-        return train_transform(self.source(i), self.size, g)
+        seed, i = self.sample_seed(key)
+        return augment(self.transform, self.source(i), seed)
+
+    def __getitems__(self, keys):
+        t0 = time.perf_counter()
+        images = self.augment_batch([self.source(self.sample_seed(k)[1]) for k in keys], keys)
+        return {"images": images, "encoded": None, "keys": list(keys), "seconds": time.perf_counter() - t0}
+
+    def materialize(self, batch, device):
+        """A loader batch -> float32 [B, 3, S, S] on `device` (decoding and augmenting there if the loader left
+        the files encoded)."""
+        if batch["images"] is not None:
+            return batch["images"].to(device, non_blocking=True)
+        return self.augment_batch(decode_batch(batch["encoded"], device), batch["keys"])
+
+
+class ImageFolderCrops(CropDataset):
+    """`--data DIR`: torchvision.datasets.ImageFolder(DIR) (DIR/<class>/<image>, as ImageNet's train/; the
+    labels are not used), one sample per file and epoch. decode_device "cpu": the loader (its workers) reads,
+    decodes a batch's JPEGs at once and augments; "cuda": the loader only reads the files and materialize()
+    decodes the batch on the GPU (nvJPEG) and augments it there."""
+
+    def __init__(self, root, size, seed=0, decode_device="cpu"):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            self.folder = ImageFolder(root, loader=read_encoded)
+        except (FileNotFoundError, RuntimeError) as e:  # no class folder / no image in them
+            raise ValueError(f"--data {root!r}: {e}. Expected torchvision's ImageFolder layout DIR/<class>/<image> "
+                             "(as ImageNet's train/ folder)") from None
+        super().__init__([path for path, _ in self.folder.samples], size, seed=seed)
+        self.decode_device = torch.device(decode_device).type
+
+    def source(self, i):
+        return decode_batch([self.folder.loader(self.sources[i % len(self.sources)])])[0]
+
+    def __getitems__(self, keys):
+        t0 = time.perf_counter()
+        encoded = [self.folder.loader(self.sources[self.sample_seed(k)[1]]) for k in keys]
+        images = None
+        if self.decode_device == "cpu":
+            images, encoded = self.augment_batch(decode_batch(encoded), keys), None
+        return {"images": images, "encoded": encoded, "keys": list(keys), "seconds": time.perf_counter() - t0}
 
 
 class ShardedSampler(Sampler):

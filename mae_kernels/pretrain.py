@@ -4,11 +4,17 @@ AdamW (0.9, 0.95), weight decay 0.05 except biases and 1-D parameters (norm weig
 batch / 256, linear warmup then per-iteration half-cycle cosine, mask ratio 0.75, norm_pix_loss,
 RandomResizedCrop(0.2..1, bicubic) + flip + ImageNet normalisation, bf16 autocast on GPU, a stop on a
 non-finite loss. Checkpoints (output_dir/checkpoint.pth) resume exactly, mid-epoch included (--resume).
+Data as the official recipe makes them, with torchvision (mae_kernels/data.py): --data DIR is an ImageFolder
+(DIR/<class>/<image>), its JPEGs decoded a batch at a time (torchvision.io.decode_jpeg; on the GPU with nvJPEG
+when training on one). The run ends with the loader's throughput alone against the training step's.
 
 With no argument: a tiny MAE trained for a few minutes on a CPU on random crops of scikit-image's sample
 photographs; writes a reconstruction figure and the loss curve to runs/demo/.
 Several processes / GPUs / nodes: `torchrun --nproc_per_node N -m mae_kernels pretrain ...` (DDP; nccl on
-GPUs, gloo on CPUs; each rank trains on its shard, rank 0 logs and writes checkpoints and figures).
+GPUs, gloo on CPUs; each rank trains on its shard, rank 0 logs and writes checkpoints and figures). --fsdp shards
+parameters, gradients and optimizer state instead (FSDP2, torch.distributed.fsdp.fully_shard: each transformer
+block, then the rest), for models too large to replicate; its checkpoints hold the full, unsharded state as DDP's
+do, so they load into a single-process model.
 """
 import argparse
 import contextlib
@@ -50,7 +56,12 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--data", default=None, help="folder of images (default: scikit-image's sample photographs)")
+    p.add_argument("--data", default=None,
+                   help="an ImageFolder: DIR/<class>/<image> (as ImageNet's train/; default: scikit-image's sample "
+                        "photographs)")
+    p.add_argument("--decode-device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where --data's JPEGs are decoded and augmented (auto: cuda when training on a GPU; cpu: "
+                        "in the loader's workers)")
     p.add_argument("--samples-per-epoch", type=int, default=2048, help="crops per epoch of the embedded data")
     p.add_argument("--num-workers", type=int, default=1,
                    help="data-loading processes (0: in the training process)")
@@ -64,6 +75,8 @@ def parse_args(argv):
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="mae_kernels' fused ops (--no-fused: the official eager path)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with torchrun: shard the model with FSDP2 (fully_shard per block) instead of DDP")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -112,28 +125,72 @@ def lr_at(epoch, args):
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def save_checkpoint(path, model, optimizer, state, args):
+def shard_model(model, device, world):
+    """FSDP2: each encoder and decoder block its own unit (all-gathered just before it runs, freed after), then the
+    root (embeddings, tokens, norms, prediction head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for block in list(model.blocks) + list(model.decoder_blocks):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state(model, optimizer, fsdp):
+    """(model, optimizer) state dicts with every tensor whole and keyed by parameter name, sharded or not
+    (torch.distributed.checkpoint.state_dict). Every rank calls it (FSDP gathers); under FSDP only rank 0
+    receives them (on the CPU)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=fsdp)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model, optimizer, ckpt):
+    """A checkpoint from any run (single process, DDP or FSDP) into this one's model and optimizer, sharding
+    them as the model is."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=options)
+
+
+def save_checkpoint(path, model_state, optimizer_state, state, args):
     tmp = path + ".tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args), **state}, tmp)
+    torch.save({"model": model_state, "optimizer": optimizer_state, "args": vars(args), **state}, tmp)
     os.replace(tmp, path)  # never a half-written checkpoint
 
 
-def build_data(args, rank, world):
+def decode_device(args, device):
+    if args.decode_device == "auto":
+        return "cuda" if args.data and device.type == "cuda" else "cpu"
+    if args.decode_device == "cuda" and not (args.data and device.type == "cuda"):
+        raise ValueError("--decode-device cuda needs --data and a CUDA --device (the embedded photographs are "
+                         "decoded already)")
+    return args.decode_device
+
+
+def build_data(args, rank, world, device):
     if args.data:
-        sources = mdata.list_images(args.data)
-        dataset = mdata.CropDataset(sources, args.input_size, seed=args.seed)
+        dataset = mdata.ImageFolderCrops(args.data, args.input_size, seed=args.seed,
+                                         decode_device=decode_device(args, device))
     else:
-        sources = mdata.skimage_samples()
-        dataset = mdata.CropDataset(sources, args.input_size, length=args.samples_per_epoch, seed=args.seed)
+        dataset = mdata.CropDataset(mdata.skimage_samples(), args.input_size, length=args.samples_per_epoch,
+                                    seed=args.seed)
     sampler = mdata.ShardedSampler(len(dataset), world, rank, seed=args.seed)
     if sampler.per_rank < args.batch_size:
         raise ValueError(f"each of the {world} process(es) gets {sampler.per_rank} samples per epoch, fewer than "
                          f"--batch-size {args.batch_size}")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.num_workers, drop_last=True,
+                                         collate_fn=mdata.collate_batch, pin_memory=device.type == "cuda",
                                          persistent_workers=args.num_workers > 0)
     figure_imgs = torch.stack([mdata.center_view(dataset.source(i), dataset.size)
-                               for i in range(min(4, len(sources)))])
+                               for i in range(min(4, len(dataset.sources)))])
     return dataset, sampler, loader, figure_imgs
 
 
@@ -149,6 +206,42 @@ def heldout_loss(model, imgs, args, device, autocast):
         loss = model(imgs.to(device), mask_ratio=args.mask_ratio, noise=noise)[0].float().item()
     model.train(was_training)
     return loss
+
+
+def _rate(x):
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+class Throughput:
+    """The loader alone (its own time to read, decode and augment a batch: in its workers, plus decoding in this
+    process when it is on the GPU) against the training step (forward, backward, optimizer; waiting excluded),
+    in images/s of this process, and the share of the time spent waiting for data. The first step (worker
+    start-up, first compilations) is left out."""
+
+    def __init__(self, workers):
+        self.workers = max(workers, 1)
+        self.images = self.worker_s = self.main_s = self.wait_s = self.step_s = 0.0
+
+    def add(self, images, worker_s, main_s, wait_s, step_s):
+        self.images += images
+        self.worker_s += worker_s
+        self.main_s += main_s
+        self.wait_s += wait_s
+        self.step_s += step_s
+
+    def line(self, decode):
+        if not self.images:
+            return None
+        # Workers make batches in parallel; decoding in this process adds to every batch.
+        per_image = self.worker_s / self.images / self.workers + self.main_s / self.images
+        loader = 1 / max(per_image, 1e-12)
+        step = self.images / max(self.step_s, 1e-12)
+        wait = self.wait_s / max(self.wait_s + self.step_s, 1e-12)
+        worker_rate = self.images / max(self.worker_s, 1e-12)
+        return (f"throughput (per process): data loader alone {_rate(loader)} img/s ({self.workers} loader "
+                f"process(es) x {_rate(worker_rate)} img/s, decoding on {decode}) vs training step {_rate(step)} img/s; "
+                f"waited for data {100 * wait:.0f}% of the time -> "
+                f"{'the loader' if loader < step else 'the training step'} is the bottleneck")
 
 
 def main(argv=None):
@@ -170,28 +263,32 @@ def main(argv=None):
 
 def _train(args, device, rank, world):
     is_main = rank == 0
-    torch.manual_seed(args.seed + rank)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP does not broadcast them, DDP does)
     model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
                                use_fused_ops=args.fused, decoder_mask_ratio=args.decoder_mask_ratio,
                                decoder_mask_type=args.decoder_mask_type).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if args.fsdp:
+        if world == 1:
+            raise ValueError("--fsdp shards the model across processes: start several with torchrun")
+        shard_model(model, device, world)
     eff_batch = args.batch_size * args.accum_iter * world
     if args.lr is None:
         args.lr = args.blr * eff_batch / 256
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
-    dataset, sampler, loader, figure_imgs = build_data(args, rank, world)
+    dataset, sampler, loader, figure_imgs = build_data(args, rank, world, device)
     steps_per_epoch = len(loader)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": [], "heldout_losses": []}
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_full_state(model, optimizer, ckpt)
         state = {k: ckpt.get(k, state[k]) for k in state}
         if is_main:
             print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
 
     net = model
-    if world > 1:
+    if world > 1 and not args.fsdp:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
@@ -202,10 +299,11 @@ def _train(args, device, rank, world):
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path = os.path.join(args.output_dir, CHECKPOINT)
     if is_main:
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{args.model}: {n_params / 1e6:.2f}M trainable parameters, {args.input_size}px, device {device}, "
-              f"{world} process(es), fused ops {'on' if args.fused else 'off'}, autocast {amp}")
-        print(f"data: {args.data or 'scikit-image sample photographs'} ({len(dataset)} per epoch), effective batch "
+              f"{world} process(es) ({'FSDP2' if args.fsdp else 'DDP' if world > 1 else 'single'}), fused ops {'on' if args.fused else 'off'}, autocast {amp}")
+        print(f"data: {args.data or 'scikit-image sample photographs'} ({len(dataset)} per epoch, "
+              f"{max(args.num_workers, 1)} loader process(es), decoding on {dataset.decode_device}), "
+              f"effective batch "
               f"{eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), {args.epochs} epochs x {steps_per_epoch} steps")
 
     total = args.epochs * steps_per_epoch
@@ -219,6 +317,8 @@ def _train(args, device, rank, world):
     net.train()
     optimizer.zero_grad(set_to_none=True)
     t_last = time.perf_counter()
+    speed = Throughput(args.num_workers)
+    first_step = state["global_step"]
     done = state["global_step"] >= total
     for epoch in range(state["epoch"], args.epochs):
         if done:
@@ -226,11 +326,14 @@ def _train(args, device, rank, world):
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
         sampler.set_epoch(epoch, start * args.batch_size)
         epoch_losses = []
-        for it, imgs in enumerate(loader, start=start):
+        t_wait = time.perf_counter()
+        for it, batch in enumerate(loader, start=start):
+            t_got = time.perf_counter()
             if (it - start) % args.accum_iter == 0 or it == start:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(epoch + it / steps_per_epoch, args)
-            imgs = imgs.to(device, non_blocking=True)
+            imgs = dataset.materialize(batch, device)
+            t_data = time.perf_counter()
             # Masks from a seed per (step, rank): distinct across ranks, and a resumed run repeats them exactly.
             torch.manual_seed((args.seed * 1_000_003 + state["global_step"]) * world + rank)
             with autocast():
@@ -254,6 +357,9 @@ def _train(args, device, rank, world):
             epoch_losses.append(loss_value)
             state["epoch"], state["step_in_epoch"] = epoch, it + 1
             now = time.perf_counter()
+            if state["global_step"] > first_step + 1:
+                speed.add(imgs.shape[0], batch["seconds"], t_data - t_got, t_data - t_wait, now - t_data)
+            t_wait = now
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{imgs.shape[0] * world / max(now - t_last, 1e-9):.0f}")
@@ -264,17 +370,26 @@ def _train(args, device, rank, world):
                 break
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        heldout = heldout_loss(model, figure_imgs, args, device, autocast)  # every rank (FSDP gathers)
+        state["heldout_losses"].append((state["global_step"], heldout))
+        model_state, optimizer_state = full_state(model, optimizer, args.fsdp)  # every rank (FSDP gathers)
         if is_main:
-            heldout = heldout_loss(model, figure_imgs, args, device, autocast)
-            state["heldout_losses"].append((state["global_step"], heldout))
-            save_checkpoint(ckpt_path, model, optimizer, state, args)
+            save_checkpoint(ckpt_path, model_state, optimizer_state, state, args)
             if epoch_losses:
                 with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
                     f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
                                         "heldout_loss": heldout, "global_step": state["global_step"]}) + "\n")
     if bar is not None:
         bar.close()
-    if world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)
+    if is_main and speed.line(dataset.decode_device):
+        print(speed.line(dataset.decode_device))
+    if args.fsdp:  # the figures from a single-process copy of the whole model (rank 0 gathers it)
+        model_state, _ = full_state(model, optimizer, True)
+        if is_main:
+            model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
+                                       use_fused_ops=args.fused).to(device)
+            model.load_state_dict(model_state)
+    elif world > 1:  # DDP keeps replicas identical; say so (a cheap check: per-parameter sums from every rank)
         import torch.distributed as dist
 
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()])

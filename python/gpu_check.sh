@@ -98,7 +98,7 @@ try:
 except Exception as e:
     print("torch import FAILED:", e)
 for name in ("triton", "setuptools", "wheel", "pip", "ninja", "pytest", "pytest_benchmark", "numpy", "xdist",
-             "hypothesis", "PIL", "skimage", "matplotlib", "tqdm", "transformers"):
+             "hypothesis", "PIL", "skimage", "matplotlib", "tqdm", "transformers", "torchvision"):
     if importlib.util.find_spec(name) is None:
         print(f"{name}: MISSING")
         continue
