@@ -99,7 +99,7 @@ class Block(nn.Module):
 def target_frame_indices(num_frames, pred_t_dim):
     """mae_st's target frames: torch.linspace(0, T - 1, pred_t_dim).long() (float32 on the CPU, truncated):
     T=16, pred_t_dim=8 -> [0, 2, 4, 6, 8, 10, 12, 15]."""
-    return torch.linspace(0, num_frames - 1, pred_t_dim).long()
+    return torch.linspace(0, num_frames - 1, pred_t_dim, device="cpu").long()
 
 
 def tube_mask_indices(N, t, hw, mask_ratio, noise=None, generator=None, device=None):
@@ -190,7 +190,8 @@ class VideoMaskedAutoencoderViT(nn.Module):
 
     def initialize_weights(self):
         """mae_st's init: learned embeddings trunc_normal(0.02), patch weight xavier_uniform on its [D, C*u*p*p]
-        view (trunc_normal with trunc_init), mask_token normal(0.02), Linear xavier_uniform / zero bias."""
+        view (trunc_normal with trunc_init), mask_token normal(0.02), Linear xavier_uniform / zero bias;
+        decoder_cls_token stays zero (mae_st never initialises it)."""
         std = 0.02
         names = ["pos_embed_spatial", "pos_embed_temporal", "decoder_pos_embed_spatial",
                  "decoder_pos_embed_temporal", "pos_embed_class", "decoder_pos_embed_class"] if self.sep_pos_embed \
