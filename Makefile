@@ -4,7 +4,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.14.1
-DEPS    := transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm
+DEPS    := transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm av
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 
