@@ -421,3 +421,27 @@ def test_pretrain_video_folder(tmp_path, capsys):
     os.makedirs(folder / "empty")
     with pytest.raises(ValueError, match="no video files"):
         vd.list_videos(str(folder / "empty"))
+
+
+def test_pretrain_video_torchrun_two_processes(tmp_path):
+    """DDP through torchrun (gloo, 2 CPU processes) as the image path: ranks stay identical, rank 0 writes."""
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    pytest.importorskip("skimage", reason="scikit-image (the photographs) is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "mae_kernels", "pretrain"] + FAST + ["--max-steps", "2", "--no-figures", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "2 process(es)" in log and "effective batch 4" in log and "ranks in sync: True" in log
+    assert log.count("checkpoint:") == 1
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
