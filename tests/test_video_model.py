@@ -254,7 +254,8 @@ def grads(model):
     dict(t_patch_size=4, num_frames=8, pred_t_dim=8),  # u' = 2: the loss's eager fallback
     dict(img_size=(8, 20), in_chans=4, norm_pix_loss=False),  # non-square frames, 4 channels
     dict(mask_type="tube", num_frames=8, pred_t_dim=4),
-], ids=["mae_st", "nosep-nocls", "u4-upred2", "nonsquare-c4", "tube"])
+    dict(patch_size=(4, 2), img_size=(8, 6)),  # rectangular patches: the embedding's and loss's eager fallbacks
+], ids=["mae_st", "nosep-nocls", "u4-upred2", "nonsquare-c4", "tube", "rect-patch"])
 def test_fused_equals_eager(kw):
     torch.manual_seed(3)
     eager = small(use_fused_ops=False, **kw)
@@ -445,3 +446,24 @@ def test_pretrain_video_torchrun_two_processes(tmp_path):
     assert log.count("checkpoint:") == 1
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_fused_backends_equal_eager(backend):
+    """The fused steps on every CPU-capable backend (triton: its interpreter) give mae_st's eager loss and grads."""
+    import mae_kernels
+
+    torch.manual_seed(4)
+    eager = small(use_fused_ops=False)
+    fused = small(use_fused_ops=True)
+    fused.load_state_dict(eager.state_dict())
+    x, noise = torch.randn(2, 3, 4, 16, 16), torch.rand(2, 32)
+    l1, _, _ = eager(x, 0.75, noise)
+    l1.backward()
+    with mae_kernels.use_backend(backend):
+        l2, _, _ = fused(x, 0.75, noise)
+        l2.backward()
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    g1, g2 = grads(eager), grads(fused)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=lambda s, k=k: f"{k}: {s}")
