@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.14.1
 # The torchvision release paired with TORCH (each torchvision requires one torch; an unpinned one would move torch).
 TORCHVISION ?= torchvision==0.29.1
-DEPS    := "$(TORCHVISION)" transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm
+DEPS    := "$(TORCHVISION)" transformers==5.23.0 triton ninja numpy setuptools wheel pybind11 pytest pytest-benchmark hypothesis scikit-image matplotlib tqdm av
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 

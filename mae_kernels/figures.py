@@ -84,3 +84,55 @@ def save_loss_curve(losses, path, title="MAE pre-training loss"):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def video_reconstructions(model, clips, mask_ratio=0.9, noise=None):
+    """For a video MAE (models.VideoMaskedAutoencoderViT): (original, masked, reconstruction with the visible
+    tubelets pasted) of its target frames (model.target_frames), each [N, C, pred_t_dim, H, W] in the clips'
+    normalised space. With norm_pix_loss the predictions are turned back into pixels with each target patch's
+    own mean and std."""
+    was_training = model.training
+    model.eval()
+    try:
+        _, pred, mask = model(clips, mask_ratio=mask_ratio, noise=noise)
+    finally:
+        model.train(was_training)
+    target = clips.index_select(2, model.target_frames).float()
+    patch = model.target_patch_size
+    size = (model.pred_t_dim, *model.img_size)
+    pred = pred.float()
+    if model.norm_pix_loss:
+        pred = reference.denormalize_pred(pred, target, patch)
+    recon = reference.unpatchify(pred, patch, size)
+    removed = reference.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, pred.shape[-1]), patch, size)
+    return target, target * (1 - removed), recon * removed + target * (1 - removed)
+
+
+def save_video_reconstruction_figure(model, clips, path, mask_ratio=0.9, noise=None, max_frames=4):
+    """A frames grid: for each clip, rows original / masked / reconstruction (visible tubelets pasted), columns
+    up to max_frames of the target frames (evenly spaced)."""
+    from .video_data import denormalize_video
+
+    plt = _pyplot()
+    rows = [denormalize_video(v) for v in video_reconstructions(model, clips, mask_ratio, noise)]
+    frames = model.target_frames.tolist()
+    cols = torch.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().long().tolist()
+    titles = ("original", f"masked ({mask_ratio:.0%})", "reconstruction + visible")
+    n = clips.shape[0]
+    fig, axes = plt.subplots(3 * n, len(cols), figsize=(2.2 * len(cols), 2.3 * 3 * n), squeeze=False)
+    for i in range(n):
+        for r in range(3):
+            for c, k in enumerate(cols):
+                ax = axes[3 * i + r][c]
+                ax.imshow(rows[r][i, :, k].permute(1, 2, 0).numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"clip {i + 1}, frame {frames[k]}", fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(titles[r], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

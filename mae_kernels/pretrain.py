@@ -39,6 +39,8 @@ class NonFiniteLoss(RuntimeError):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="mae-kernels pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", action="store_true",
+                   help="pre-train a video MAE instead (mae_st's recipe; `pretrain --video --help` for its options)")
     p.add_argument("--model", default="mae_vit_tiny", choices=sorted(MODELS))
     p.add_argument("--input-size", type=int, default=None, help="image side (default: 64 tiny, 224 otherwise)")
     p.add_argument("--mask-ratio", type=float, default=0.75)
@@ -245,7 +247,12 @@ class Throughput:
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--video" in argv:  # video MAE pre-training (mae_st's recipe): mae_kernels/video_pretrain.py
+        from . import video_pretrain
+
+        return video_pretrain.main([a for a in argv if a != "--video"])
+    args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, local_rank = init_distributed(device)
     try:

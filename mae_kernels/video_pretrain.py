@@ -1,0 +1,276 @@
+"""`mae-kernels pretrain --video`: video MAE pre-training with facebookresearch/mae_st's recipe (main_pretrain.py,
+PRETRAIN.md's recommended run): an mae_st model (sep_pos_embed, cls_embed, t_patch_size 2), random masking over
+all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight decay 0.05 except biases and norms,
+lr = blr * effective batch / 256 with warmup then half-cycle cosine, optional gradient clipping, fp32 (mae_st
+uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model.
+
+With no --data: a tiny video MAE (mae_st_vit_tiny: 8 frames of 64x64) trained for a few CPU minutes on clips
+synthesised from scikit-image's photographs (pans, zooms, a moving crop); writes a frames-grid reconstruction
+figure and the loss curve to runs/video_demo/. --data DIR: a folder of video files (PyAV), num_frames frames
+every --sampling-rate frames (mae_st's sampling). Checkpoints resume exactly (--resume), DDP via torchrun as
+`mae-kernels pretrain`.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from . import video_data as vdata
+from .data import ShardedSampler
+from .models.video_mae import MASK_TYPES, VIDEO_MODELS
+from .pretrain import CHECKPOINT, NonFiniteLoss, init_distributed, lr_at, param_groups, save_checkpoint
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="mae-kernels pretrain --video", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mae_st_vit_tiny", choices=sorted(VIDEO_MODELS))
+    p.add_argument("--input-size", type=int, default=None, help="frame side (default: 64 tiny, 224 otherwise)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: 8 tiny, 16 otherwise)")
+    p.add_argument("--t-patch-size", type=int, default=2, help="tubelet frames")
+    p.add_argument("--pred-t-dim", type=int, default=None,
+                   help="target frames (mae_st: 8 of 16; default num_frames // 2)")
+    p.add_argument("--sampling-rate", type=int, default=4, help="frame stride of clips read from --data videos")
+    p.add_argument("--mask-ratio", type=float, default=0.75,
+                   help="main_pretrain.py's default (PRETRAIN.md's long runs use 0.9)")
+    p.add_argument("--mask-type", default="random", choices=MASK_TYPES,
+                   help="random: mae_st (over all spacetime tokens); tube: VideoMAE (one spatial mask per clip)")
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per process")
+    p.add_argument("--accum-iter", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--warmup-epochs", type=float, default=1)
+    p.add_argument("--blr", type=float, default=None,
+                   help="base lr: lr = blr * effective batch / 256 (mae_st PRETRAIN.md 1.6e-3; the embedded demo, "
+                        "minutes instead of 100s of epochs, defaults to 1.6e-2)")
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (PRETRAIN.md: 0.02)")
+    p.add_argument("--data", default=None, help="folder of video files (default: clips synthesised from photographs)")
+    p.add_argument("--samples-per-epoch", type=int, default=512, help="synthesised clips per epoch")
+    p.add_argument("--num-workers", type=int, default=1, help="data-loading processes (0: in the training process)")
+    p.add_argument("--output-dir", default="runs/video_demo")
+    p.add_argument("--resume", default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--amp", default="none", choices=("bf16", "none"), help="autocast dtype (mae_st: fp32)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="mae_kernels' fused ops (--no-fused: mae_st's eager forward)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args(argv)
+    for name in ("batch_size", "accum_iter", "epochs", "samples_per_epoch", "sampling_rate", "t_patch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.mask_ratio < 1:
+        p.error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    tiny = args.model == "mae_st_vit_tiny"
+    if args.input_size is None:
+        args.input_size = 64 if tiny else 224
+    if args.num_frames is None:
+        args.num_frames = 8 if tiny else 16
+    if args.pred_t_dim is None:
+        args.pred_t_dim = args.num_frames // 2
+    if args.blr is None:
+        args.blr = 1.6e-3 if args.data else 1.6e-2
+    return args
+
+
+def build_model(args):
+    return VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
+                                    t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
+                                    norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
+                                    use_fused_ops=args.fused)
+
+
+def build_data(args, rank, world):
+    if args.data:
+        dataset = vdata.VideoFolder(vdata.list_videos(args.data), args.num_frames, args.sampling_rate,
+                                    args.input_size, seed=args.seed)
+        what = f"{args.data} ({len(dataset)} videos, every {args.sampling_rate} frames)"
+    else:
+        dataset = vdata.SyntheticClips(vdata.photographs(max_side=max(2 * args.input_size, 96)), args.num_frames,
+                                       args.input_size, args.samples_per_epoch, seed=args.seed)
+        what = f"clips synthesised from scikit-image photographs ({len(dataset)} per epoch)"
+    sampler = ShardedSampler(len(dataset), world, rank, seed=args.seed)
+    if sampler.per_rank < args.batch_size:
+        raise ValueError(f"each of the {world} process(es) gets {sampler.per_rank} clips per epoch, fewer than "
+                         f"--batch-size {args.batch_size}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.num_workers, drop_last=True,
+                                         persistent_workers=args.num_workers > 0)
+    return dataset, sampler, loader, what
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local_rank = init_distributed(device)
+    try:
+        return _train(args, torch.device(device, local_rank) if device == "cuda" else torch.device(device),
+                      rank, world)
+    except NonFiniteLoss as e:
+        print(f"mae-kernels pretrain --video: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args, device, rank, world):
+    is_main = rank == 0
+    torch.manual_seed(args.seed + rank)
+    model = build_model(args).to(device)
+    eff_batch = args.batch_size * args.accum_iter * world
+    if args.lr is None:
+        args.lr = args.blr * eff_batch / 256
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
+    dataset, sampler, loader, what = build_data(args, rank, world)
+    steps_per_epoch = len(loader)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = {k: ckpt[k] for k in state}
+        if is_main:
+            print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16"
+                else contextlib.nullcontext)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.output_dir, CHECKPOINT)
+    T = args.num_frames
+    if is_main:
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        t, h, w = model.input_size
+        print(f"{args.model}: {n_params / 1e6:.2f}M trainable parameters, {T} frames of {args.input_size}px, "
+              f"tubelets {args.t_patch_size}x{model.patch_size[0]}x{model.patch_size[1]} (L = {t}x{h}x{w} = "
+              f"{t * h * w}), {args.mask_type} masking {args.mask_ratio:.0%}, target frames "
+              f"{model.target_frames.tolist()}, device {device}, {world} process(es), fused ops "
+              f"{'on' if args.fused else 'off'}, autocast {args.amp}")
+        print(f"data: {what}, effective batch {eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), "
+              f"{args.epochs} epochs x {steps_per_epoch} steps")
+
+    total = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+    bar = None
+    if is_main and args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=min(state["global_step"], total), unit="step", dynamic_ncols=True)
+    net.train()
+    optimizer.zero_grad(set_to_none=True)
+    workers = max(1, args.num_workers)
+    t_last = time.perf_counter()
+    done = state["global_step"] >= total
+    for epoch in range(state["epoch"], args.epochs):
+        if done:
+            break
+        start = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        sampler.set_epoch(epoch, start * args.batch_size)
+        epoch_losses = []
+        for it, (clips, seconds) in enumerate(loader, start=start):
+            if (it - start) % args.accum_iter == 0 or it == start:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(epoch + it / steps_per_epoch, args)
+            clips = clips.to(device, non_blocking=True)
+            # Masks from a seed per (step, rank): distinct across ranks, and a resumed run repeats them exactly.
+            torch.manual_seed((args.seed * 1_000_003 + state["global_step"]) * world + rank)
+            with autocast():
+                loss, _, _ = net(clips, mask_ratio=args.mask_ratio)
+            loss_value = loss.detach().float()
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(loss_value)
+                loss_value /= world
+            loss_value = loss_value.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, step {state['global_step'] + 1}; "
+                                    "stopping training (try a lower --blr)")
+            (loss / args.accum_iter).backward()
+            if (it + 1) % args.accum_iter == 0 or it + 1 == steps_per_epoch:
+                if args.clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["global_step"] += 1
+            state["losses"].append(loss_value)
+            epoch_losses.append(loss_value)
+            state["epoch"], state["step_in_epoch"] = epoch, it + 1
+            now = time.perf_counter()
+            if bar is not None:
+                # img/s: frames through the training step; load img/s: frames the loader's workers can make
+                # (their own decode + transform time), to see whether data loading limits the step.
+                load = clips.shape[0] * T * workers / max(float(seconds.sum()), 1e-9)
+                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{clips.shape[0] * T * world / max(now - t_last, 1e-9):.0f}",
+                                load_img_s=f"{load * world:.0f}")
+                bar.update(1)
+            t_last = now
+            if state["global_step"] >= total:
+                done = True
+                break
+        if state["step_in_epoch"] >= steps_per_epoch:
+            state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        if is_main:
+            save_checkpoint(ckpt_path, model, optimizer, state, args)
+            if epoch_losses:
+                with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
+                    f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
+                                        "global_step": state["global_step"]}) + "\n")
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        gathered = [torch.empty_like(sums) for _ in range(world)]
+        dist.all_gather(gathered, sums)
+        if is_main:
+            print(f"ranks in sync: {all(torch.equal(g, gathered[0]) for g in gathered)}")
+    if is_main:
+        print(f"checkpoint: {ckpt_path}")
+        if args.figures:
+            from .figures import save_loss_curve, save_video_reconstruction_figure
+
+            clips = dataset.figure_clips(3).to(device)
+            t, h, w = model.input_size
+            n_noise = h * w if args.mask_type == "tube" else t * h * w
+            noise = torch.rand(clips.shape[0], n_noise, generator=torch.Generator().manual_seed(args.seed))
+            recon = save_video_reconstruction_figure(model, clips, os.path.join(args.output_dir, "reconstruction.png"),
+                                                     args.mask_ratio, noise.to(device))
+            curve = save_loss_curve(state["losses"], os.path.join(args.output_dir, "loss_curve.png"),
+                                    title="video MAE pre-training loss")
+            print(f"reconstruction figure: {recon}")
+            print(f"loss curve: {curve}")
+        if len(state["losses"]) >= 2:
+            k = max(1, len(state["losses"]) // 10)
+            first, last = state["losses"][:k], state["losses"][-k:]
+            print(f"loss: {sum(first) / len(first):.4f} (first {k} steps) -> {sum(last) / len(last):.4f} "
+                  f"(last {k} steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
