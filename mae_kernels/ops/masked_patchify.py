@@ -120,11 +120,12 @@ def _is_video_size(patch_size):
 
 
 def _check_geometry(imgs, patch_size):
-    """Validate imgs against patch_size; returns [u, ph, pw] for the ops. An int or a pair means images
-    [N, C, H, W]; a triple (u, ph, pw) means videos [N, C, T, H, W] (4-D inputs are rejected by patch_dims)."""
+    """Validate imgs against patch_size; returns [u, ph, pw] for the ops. An int or a pair goes with images
+    [N, C, H, W], a triple (u, ph, pw) with videos [N, C, T, H, W]; a mismatch names patch_size (patch_dims)."""
     if not isinstance(patch_size, (tuple, list, torch.Size)):
         check_patch_size(patch_size)  # first, as before videos: its message names patch_size
-    return list(check_images("imgs", imgs, patch_size, video=_is_video_size(patch_size)))
+    video = _is_video_size(patch_size) or isinstance(imgs, torch.Tensor) and imgs.dim() == 5
+    return list(check_images("imgs", imgs, patch_size, video=video))
 
 
 def _image_size(image_size, patch_size=None):

@@ -40,13 +40,15 @@ def _masked_patch_embed_kernel(
     upp: tl.constexpr = U * PH * PW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
-        r = r0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        r = r0 + tl.arange(0, BLOCK_K)  # int32: divided by constants, then widened
         r_mask = r < R
         q = r % upp  # (c, frame, p_row, p_col) order
         q2 = q % pp
-        col_off = (r // upp) * s_c + (q // pp) * s_t + (q2 // PW) * s_h + (q2 % PW) * s_w
+        col_off = ((r // upp).to(tl.int64) * s_c + (q // pp).to(tl.int64) * s_t + (q2 // PW).to(tl.int64) * s_h
+                   + (q2 % PW).to(tl.int64) * s_w)
         a = tl.load(img_ptr + row_off[:, None] + col_off[None, :], mask=row_mask[:, None] & r_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[None, :] * R + r[:, None], mask=r_mask[:, None] & col_mask[None, :], other=0.0)
+        b = tl.load(w_ptr + cols[None, :] * R + r.to(tl.int64)[:, None], mask=r_mask[:, None] & col_mask[None, :],
+                    other=0.0)
         if UPCAST:  # the CPU interpreter's tl.dot is wrong on bf16
             a = a.to(tl.float32)
             b = b.to(tl.float32)
