@@ -21,15 +21,20 @@ TORCH_LIBRARY(mae_kernels, m) {
   // frames; outputs as mask_to_indices with L = t * hw, num_kept = t * (hw - num_masked).
   m.def("tube_mask_indices(Tensor like, Tensor? noise, int t, int num_masked, int seed, int offset) -> "
         "(Tensor ids_keep, Tensor ids_restore, Tensor mask)");
-  // patchify family: gathers / scatters between images [N, C, H, W] (any strides) and patch vectors
-  // [N, K, p*p*C] in (p_row, p_col, c) order; masked_* take the K kept patch indices ids_keep [N, K] int64.
-  m.def("patchify(Tensor imgs, int patch_size) -> Tensor");
-  m.def("unpatchify(Tensor x, int patch_size, int height, int width) -> Tensor");
-  m.def("masked_patchify(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
-  m.def("masked_patchify_backward(Tensor grad, Tensor ids_keep, int patch_size, int height, int width) -> Tensor");
-  // masked patch embedding: Conv2d patch embedding (weight [D, C, p, p]) of the kept patches only,
-  // + pos_embed[0, 1 + ids_keep] when given -> [N, K, D]. Backward composes masked_patchify(_backward) + GEMMs.
-  m.def("masked_patch_embed(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed) -> Tensor");
+  // patchify family: gathers / scatters between images [N, C, H, W] or videos [N, C, T, H, W] (any strides) and
+  // patch vectors [N, K, u*ph*pw*C] in (frame, p_row, p_col, c) order; patch_size = [u, ph, pw] (u = 1 for
+  // images), image_size = [H, W] or [T, H, W]; masked_* take the K kept patch indices ids_keep [N, K] int64.
+  m.def("patchify(Tensor imgs, int[] patch_size) -> Tensor");
+  m.def("unpatchify(Tensor x, int[] patch_size, int[] image_size) -> Tensor");
+  m.def("masked_patchify(Tensor imgs, Tensor ids_keep, int[] patch_size) -> Tensor");
+  m.def("masked_patchify_backward(Tensor grad, Tensor ids_keep, int[] patch_size, int[] image_size) -> Tensor");
+  // masked patch embedding: Conv2d (weight [D, C, ph, pw]) or Conv3d (weight [D, C, u, ph, pw]) patch embedding
+  // of the kept patches only, + positional rows when given -> [N, K, D]: pos_temporal None: pos_embed [1, R, D]
+  // with R = L or 1 + L (a leading cls row skipped), row R - L + ids_keep; else the separable pair
+  // pos_embed [1, h*w, D] (spatial) and pos_temporal [1, t, D]: spatial[l % hw] + temporal[l / hw].
+  // Backward composes masked_patchify(_backward) + GEMMs.
+  m.def("masked_patch_embed(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed, "
+        "Tensor? pos_temporal=None) -> Tensor");
   // decoder input: out[n, c + l] = (ids_restore[n, l] < K ? x[n, c + ids_restore[n, l]] : mask_token)
   // (+ pos_embed), c = has_cls (cls row copied); computed in fp32, rounded once to out_dtype.
   m.def("unshuffle_with_mask_tokens(Tensor x, Tensor mask_token, Tensor ids_restore, Tensor? pos_embed, "

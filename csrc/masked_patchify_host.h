@@ -1,8 +1,9 @@
-// Host side of the patchify family shared by the CPU and CUDA backends: output allocation, the image layout and
-// the dispatch on element width. All four ops are one gather (image -> [N, K, P] patch vectors, P = p*p*C) or one
-// scatter (the inverse); ids_keep picks the K patches or, when absent, K = L in order. A backend passes the copy
-// to run, called as copy(src, ids, lay, N, K, dst) with word-typed pointers: elements move as raw words of their
-// size, so every dtype is bit-exact.
+// Host side of the patchify family shared by the CPU and CUDA backends: output allocation, the sample layout and
+// the dispatch on element width. All four ops are one gather (images [N, C, H, W] or videos [N, C, T, H, W] ->
+// [N, K, P] patch vectors, P = u*ph*pw*C) or one scatter (the inverse); ids_keep picks the K patches or, when
+// absent, K = L in order. patch_size is [u, ph, pw] (u = 1 for images); image_size is [H, W] or [T, H, W] and
+// decides the output's rank. A backend passes the copy to run, called as copy(src, ids, lay, N, K, dst) with
+// word-typed pointers: elements move as raw words of their size, so every dtype is bit-exact.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -24,19 +25,41 @@ void dispatch_on_width(const at::Tensor& t, F f) {
   }
 }
 
-inline PatchLayout layout_of(int64_t C, int64_t p, int64_t W, at::IntArrayRef strides) {
-  return PatchLayout{C, p, W / p, strides[0], strides[1], strides[2], strides[3]};
+// [u, ph, pw], checked (validation proper lives in Python; this only keeps a malformed call from indexing memory).
+inline void check_patch_size(at::IntArrayRef patch_size) {
+  TORCH_CHECK(patch_size.size() == 3 && patch_size[0] >= 1 && patch_size[1] >= 1 && patch_size[2] >= 1,
+              "mae_kernels: patch_size must be [u, ph, pw] with positive entries (u = 1 for images), got ",
+              patch_size);
 }
 
-// out [N, K, P] contiguous, out[n, k] = patch ids_keep[n, k] (or k) of imgs [N, C, H, W] (any strides).
+// The layout of x ([N, C, H, W] or [N, C, T, H, W], any strides; a 4-D x is one frame: time stride 0).
+inline PatchLayout layout_of(const at::Tensor& x, at::IntArrayRef patch_size) {
+  check_patch_size(patch_size);
+  const bool video = x.dim() == 5;
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "mae_kernels: expected [N, C, H, W] or [N, C, T, H, W], got ",
+              x.sizes());
+  TORCH_CHECK(video || patch_size[0] == 1, "mae_kernels: images [N, C, H, W] take patch_size [1, ph, pw], got ",
+              patch_size);
+  const int64_t h = x.size(-2) / patch_size[1], w = x.size(-1) / patch_size[2];
+  return PatchLayout{x.size(1), patch_size[0], patch_size[1], patch_size[2], h, w, x.stride(0), x.stride(1),
+                     video ? x.stride(2) : 0, x.stride(-2), x.stride(-1)};
+}
+
+inline int64_t num_patches(const at::Tensor& x, at::IntArrayRef patch_size) {
+  const int64_t t = x.dim() == 5 ? x.size(2) / patch_size[0] : 1;
+  return t * (x.size(-2) / patch_size[1]) * (x.size(-1) / patch_size[2]);
+}
+
+// out [N, K, P] contiguous, out[n, k] = patch ids_keep[n, k] (or k) of imgs (any strides).
 template <typename Copy>
-at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, int64_t p, Copy copy) {
-  const int64_t N = imgs.size(0), C = imgs.size(1), H = imgs.size(2), W = imgs.size(3);
+at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                          Copy copy) {
+  const PatchLayout lay = layout_of(imgs, patch_size);
+  const int64_t N = imgs.size(0);
   const at::Tensor ids = ids_keep ? ids_keep->contiguous() : at::Tensor();
-  const int64_t K = ids_keep ? ids.size(1) : (H / p) * (W / p);
-  auto out = at::empty({N, K, p * p * C}, imgs.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t K = ids_keep ? ids.size(1) : num_patches(imgs, patch_size);
+  auto out = at::empty({N, K, lay.P()}, imgs.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
-  const PatchLayout lay = layout_of(C, p, W, imgs.strides());
   dispatch_on_width(imgs, [&](auto w) {
     using word = decltype(w);
     copy(static_cast<const word*>(imgs.const_data_ptr()), ids_keep ? ids.const_data_ptr<int64_t>() : nullptr, lay,
@@ -45,17 +68,24 @@ at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, in
   return out;
 }
 
-// The image [N, C, H, W] holding the patch vectors [N, K, P] at patches ids_keep (or all L in order).
+// The sample [N, C, (T,) H, W] (image_size [H, W] or [T, H, W]) holding the patch vectors [N, K, P] at patches
+// ids_keep (or all L in order).
 template <typename Copy>
-at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_keep, int64_t p, int64_t H,
-                           int64_t W, Copy copy) {
+at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                           at::IntArrayRef image_size, Copy copy) {
+  check_patch_size(patch_size);
+  TORCH_CHECK(image_size.size() == 2 || image_size.size() == 3,
+              "mae_kernels: image_size must be [H, W] or [T, H, W], got ", image_size);
   const at::Tensor patches = patches_in.contiguous();
-  const int64_t N = patches.size(0), K = patches.size(1), C = patches.size(2) / (p * p);
+  const int64_t N = patches.size(0), K = patches.size(1);
+  const int64_t C = patches.size(2) / (patch_size[0] * patch_size[1] * patch_size[2]);
+  std::vector<int64_t> shape{N, C};
+  shape.insert(shape.end(), image_size.begin(), image_size.end());
   // Without ids_keep every pixel is written; with it, the removed patches stay zero.
-  auto img = ids_keep ? at::zeros({N, C, H, W}, patches.options()) : at::empty({N, C, H, W}, patches.options());
+  auto img = ids_keep ? at::zeros(shape, patches.options()) : at::empty(shape, patches.options());
   if (patches.numel() == 0) return img;
   const at::Tensor ids = ids_keep ? ids_keep->contiguous() : at::Tensor();
-  const PatchLayout lay = layout_of(C, p, W, img.strides());
+  const PatchLayout lay = layout_of(img, patch_size);
   dispatch_on_width(patches, [&](auto w) {
     using word = decltype(w);
     copy(static_cast<const word*>(patches.const_data_ptr()), ids_keep ? ids.const_data_ptr<int64_t>() : nullptr,
@@ -64,21 +94,21 @@ at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_k
   return img;
 }
 
-// The four registered ops of a backend whose gather(imgs, ids_keep*, p) and scatter(patches, ids_keep*, p, H, W)
-// check the inputs, guard the device and call gather_patches / scatter_patches above.
-template <at::Tensor (*gather)(const at::Tensor&, const at::Tensor*, int64_t),
-          at::Tensor (*scatter)(const at::Tensor&, const at::Tensor*, int64_t, int64_t, int64_t)>
+// The four registered ops of a backend whose gather(imgs, ids_keep*, patch_size) and scatter(patches, ids_keep*,
+// patch_size, image_size) check the inputs, guard the device and call gather_patches / scatter_patches above.
+template <at::Tensor (*gather)(const at::Tensor&, const at::Tensor*, at::IntArrayRef),
+          at::Tensor (*scatter)(const at::Tensor&, const at::Tensor*, at::IntArrayRef, at::IntArrayRef)>
 struct PatchifyOps {
-  static at::Tensor patchify(const at::Tensor& imgs, int64_t p) { return gather(imgs, nullptr, p); }
-  static at::Tensor unpatchify(const at::Tensor& x, int64_t p, int64_t H, int64_t W) {
-    return scatter(x, nullptr, p, H, W);
+  static at::Tensor patchify(const at::Tensor& imgs, at::IntArrayRef p) { return gather(imgs, nullptr, p); }
+  static at::Tensor unpatchify(const at::Tensor& x, at::IntArrayRef p, at::IntArrayRef image_size) {
+    return scatter(x, nullptr, p, image_size);
   }
-  static at::Tensor masked_patchify(const at::Tensor& imgs, const at::Tensor& ids_keep, int64_t p) {
+  static at::Tensor masked_patchify(const at::Tensor& imgs, const at::Tensor& ids_keep, at::IntArrayRef p) {
     return gather(imgs, &ids_keep, p);
   }
-  static at::Tensor masked_patchify_backward(const at::Tensor& grad, const at::Tensor& ids_keep, int64_t p,
-                                             int64_t H, int64_t W) {
-    return scatter(grad, &ids_keep, p, H, W);
+  static at::Tensor masked_patchify_backward(const at::Tensor& grad, const at::Tensor& ids_keep, at::IntArrayRef p,
+                                             at::IntArrayRef image_size) {
+    return scatter(grad, &ids_keep, p, image_size);
   }
 };
 

@@ -120,12 +120,20 @@ def masked_patchify(imgs, ids_keep, patch_size):
 
 
 def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None):
-    """The official encoder front end restricted to the kept patches: Conv2d patch embedding over all L
-    patches, + pos_embed[:, 1:] (row 0 is the cls token's), then the gather of ids_keep -> [N, K, D]."""
-    p = weight.shape[-1]
-    x = F.conv2d(imgs, weight, bias, stride=p).flatten(2).transpose(1, 2)
-    if pos_embed is not None:
-        x = x + pos_embed[:, 1:, :]
+    """The official encoder front end restricted to the kept patches: the Conv2d (images, weight [D, C, ph, pw])
+    or Conv3d (videos [N, C, T, H, W], weight [D, C, u, ph, pw]) patch embedding over all L patches, + the
+    positional embedding, then the gather of ids_keep -> [N, K, D]. pos_embed: None; a table [1, R, D] whose last
+    L rows are the tokens' (R = 1 + L: row 0 is the cls token's, as MAE's pos_embed[:, 1:]; R = L: VideoMAE's
+    table); or mae_st's separable pair (spatial [1, h*w, D], temporal [1, t, D]), summed as mae_st does:
+    spatial.repeat(1, t, 1) + repeat_interleave(temporal, h*w, 1)."""
+    conv = F.conv3d if weight.dim() == 5 else F.conv2d
+    x = conv(imgs, weight, bias, stride=tuple(weight.shape[2:])).flatten(2).transpose(1, 2)
+    if isinstance(pos_embed, (tuple, list)):
+        spatial, temporal = pos_embed
+        x = x + (spatial.repeat(1, temporal.shape[1], 1)
+                 + torch.repeat_interleave(temporal, spatial.shape[1], dim=1))
+    elif pos_embed is not None:
+        x = x + pos_embed[:, pos_embed.shape[1] - x.shape[1]:, :]
     return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 

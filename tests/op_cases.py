@@ -2,6 +2,7 @@
 test_streams_devices, test_memory, test_nonfinite): the op's tensor inputs, a closure over its other arguments,
 and which inputs get a gradient. `run` calls the public function on one backend, forward and backward."""
 import dataclasses
+import math
 from typing import Callable
 
 import pytest
@@ -287,6 +288,60 @@ def random_masked_patch_embed_case(N=2, C=3, h=2, w=3, p=2, D=6, ratio=0.5, dtyp
                 tol_dtype=dtype)
 
 
+def _video(g, N, C, grid, tubelet, dtype, hf=False):
+    """A clip [N, C, T, H, W] of (t, h, w) tubelets; hf: HF's [N, T, C, H, W] tensor seen through its permute."""
+    T, H, W = (n * s for n, s in zip(grid, tubelet))
+    if hf:
+        return _randn(g, N, T, C, H, W, dtype=dtype).permute(0, 2, 1, 3, 4)
+    return _randn(g, N, C, T, H, W, dtype=dtype)
+
+
+def video_patchify_case(N=2, C=3, grid=(2, 2, 3), tubelet=(2, 2, 3), dtype=torch.float32, seed=0, hf=True):
+    clip = _video(_gen(seed), N, C, grid, tubelet, dtype, hf)
+    return Case("patchify", lambda imgs: mae_kernels.patchify(imgs, tubelet), dict(imgs=clip), grad=("imgs",))
+
+
+def video_masked_patchify_case(N=2, C=3, grid=(2, 2, 3), tubelet=(2, 2, 3), K=5, dtype=torch.float32, seed=0,
+                               hf=True):
+    g = _gen(seed)
+    clip = _video(g, N, C, grid, tubelet, dtype, hf)
+    ids_keep = _ids(g, N, math.prod(grid))[:, :K].contiguous()
+    return Case("masked_patchify", lambda imgs, ids_keep: mae_kernels.masked_patchify(imgs, ids_keep, tubelet),
+                dict(imgs=clip, ids_keep=ids_keep), grad=("imgs",))
+
+
+def video_masked_patch_embed_case(N=2, C=3, grid=(2, 2, 3), tubelet=(2, 2, 3), K=5, D=6, dtype=torch.float32,
+                                  seed=0, pos="separable", hf=True):
+    """The tubelet embedding; pos: 'separable' (mae_st's spatial + temporal pair, both trainable) or 'table'
+    (VideoMAE's [1, L, D], fixed)."""
+    g = _gen(seed)
+    clip = _video(g, N, C, grid, tubelet, dtype, hf)
+    L = math.prod(grid)
+    ids_keep = _ids(g, N, L)[:, :K].contiguous()
+    weight = _randn(g, D, C, *tubelet, dtype=dtype, scale=(C * math.prod(tubelet)) ** -0.5)
+    bias = _randn(g, D, dtype=dtype)
+    if pos == "separable":
+        spatial, temporal = _randn(g, 1, grid[1] * grid[2], D, dtype=dtype), _randn(g, 1, grid[0], D, dtype=dtype)
+        fn = lambda imgs, ids_keep, weight, bias, spatial, temporal: mae_kernels.masked_patch_embed(  # noqa: E731
+            imgs, ids_keep, weight, bias, (spatial, temporal))
+        ref = lambda imgs, ids_keep, weight, bias, spatial, temporal: reference.masked_patch_embed(  # noqa: E731
+            imgs, ids_keep, weight, bias, (spatial, temporal))
+        inputs = dict(imgs=clip, ids_keep=ids_keep, weight=weight, bias=bias, spatial=spatial, temporal=temporal)
+        grads = ("imgs", "weight", "bias", "spatial", "temporal")
+    else:
+        fn, ref = mae_kernels.masked_patch_embed, reference.masked_patch_embed
+        inputs = dict(imgs=clip, ids_keep=ids_keep, weight=weight, bias=bias, pos_embed=_randn(g, 1, L, D))
+        grads = ("imgs", "weight", "bias")
+    return Case("masked_patch_embed", fn, ref64=ref, inputs=inputs, grad=grads, exact=False, tol_dtype=dtype)
+
+
+def video_cases(dtype=torch.float32, seed=0):
+    """The patch ops on videos (HF's permuted layout) in tubelets: one small case each."""
+    return [video_patchify_case(dtype=dtype, seed=seed), video_masked_patchify_case(dtype=dtype, seed=seed),
+            video_masked_patch_embed_case(dtype=dtype, seed=seed),
+            video_masked_patch_embed_case(dtype=dtype, seed=seed, pos="table", hf=False)]
+
+
 def unshuffle_case(N=2, L=7, K=3, D=5, dtype=torch.float32, param_dtype=torch.float32, has_cls=True, pos="grad",
                    seed=0):
     g = _gen(seed)
@@ -389,7 +444,7 @@ def all_cases(dtype=torch.float32, seed=0):
         masked_mse_loss_case(dtype=dtype, seed=seed, removed_only=True),
         patch_stats_case(dtype=dtype, seed=seed),
         denormalize_pred_case(dtype=dtype, seed=seed),
-    ]
+    ] + video_cases(dtype=dtype, seed=seed)
 
 
 def gpu_cases():
@@ -411,4 +466,7 @@ def gpu_cases():
         masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
         patch_stats_case(N=8, C=3, h=14, w=14, p=16),
         denormalize_pred_case(N=8, C=3, h=14, w=14, p=16),
+        # the spec's clip (16 x 224 x 224, 2x16x16 tubelets, L = 1568, 156 kept)
+        video_masked_patchify_case(N=8, grid=(8, 14, 14), tubelet=(2, 16, 16), K=156),
+        video_masked_patch_embed_case(N=8, grid=(8, 14, 14), tubelet=(2, 16, 16), K=156, D=256),
     ]

@@ -132,18 +132,51 @@ def _compare(got, want, exact, what):
     torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{what}: {m}")
 
 
+def _cpu_video_cases():
+    """{name: (op, kwargs, argument placed past 2**31, differentiable arguments, exact)}: fp16 videos
+    [3, C, T, H, W] in 2x4x4 tubelets (L = 2 * 2 * 3 = 12), full and separable positional tables."""
+    f16 = torch.float16
+    clip = torch.randn(N_VIEW, C, 4, H, W).to(f16)
+    Lv = 2 * (H // P_SIZE) * (W // P_SIZE)
+    keep = torch.stack([torch.randperm(Lv)[:K] for _ in range(N_VIEW)])
+    weight = (torch.randn(D, C, 2, P_SIZE, P_SIZE) * 0.1).to(f16)
+    bias = torch.randn(D).to(f16)
+    return {
+        "patchify video": ("patchify", dict(imgs=clip, patch_size=(2, P_SIZE, P_SIZE)), "imgs", ["imgs"], True),
+        "masked_patchify video": ("masked_patchify", dict(imgs=clip, ids_keep=keep, patch_size=(2, P_SIZE, P_SIZE)),
+                                  "imgs", ["imgs"], True),
+        "masked_patch_embed video": ("masked_patch_embed", dict(imgs=clip, ids_keep=keep, weight=weight, bias=bias,
+                                                                pos_embed=torch.randn(1, Lv, D).to(f16)),
+                                     "imgs", ["imgs"], False),
+        "masked_patch_embed video separable": ("masked_patch_embed", dict(
+            imgs=clip, ids_keep=keep, weight=weight, bias=bias,
+            pos_embed=(torch.randn(1, Lv // 2, D).to(f16), torch.randn(1, 2, D).to(f16))), "imgs", ["imgs"], False),
+    }
+
+
 @pytest.mark.large
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", sorted(_cpu_cases()))
 def test_cpu_strided_view_past_int32(op, backend):
-    need_host_memory()
     args, big, grads, exact = _cpu_cases()[op]
+    check_past_int32(getattr(mae_kernels, op), op, backend, args, big, grads, exact)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", sorted(_cpu_video_cases()))
+def test_cpu_video_strided_view_past_int32(case, backend):
+    op, args, big, grads, exact = _cpu_video_cases()[case]
+    check_past_int32(getattr(mae_kernels, op), case, backend, args, big, grads, exact)
+
+
+def check_past_int32(fn, op, backend, args, big, grads, exact):
+    need_host_memory()
     strided = dict(args, **{big: past_int32_view(args[big])})
     plain = dict(args)
     for name in grads:
         strided[name] = strided[name].detach().requires_grad_()
         plain[name] = plain[name].detach().clone().requires_grad_()
-    fn = getattr(mae_kernels, op)
     with mae_kernels.use_backend(backend):
         got = _outputs(fn(**strided))
     with mae_kernels.use_backend("reference"):

@@ -17,12 +17,17 @@ K = 4
 
 
 def relayout(t, layout):
-    """The same values in a non-contiguous layout: channels_last (4-D), a transposed copy, or a slice of a
-    wider buffer. Tensors of one element or less stay as they are."""
+    """The same values in a non-contiguous layout: channels_last (4-D; channels_last_3d for 5-D), hf (5-D: the
+    permuted view of an [N, T, C, H, W] clip), a transposed copy, or a slice of a wider buffer. Tensors of one
+    element or less stay as they are."""
     if not isinstance(t, torch.Tensor) or t.numel() <= 1:
         return t
     if layout == "channels_last" and t.dim() == 4:
         out = t.contiguous(memory_format=torch.channels_last)
+    elif layout == "channels_last" and t.dim() == 5:
+        out = t.contiguous(memory_format=torch.channels_last_3d)
+    elif layout == "hf" and t.dim() == 5:  # HF's [N, T, C, H, W] clip seen as [N, C, T, H, W]
+        out = t.transpose(1, 2).contiguous().transpose(1, 2)
     elif layout == "transposed" and t.dim() >= 2:
         out = t.transpose(0, -1).contiguous().transpose(0, -1)
     else:
@@ -97,9 +102,40 @@ def _compare(got, want, exact, what):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}: {m}")
 
 
-def check_layout(op, backend, device, layout):
-    args, grads, exact = _cases(device)[op]
-    fn = getattr(mae_kernels, op)
+def _video_cases(device):
+    """{name: (op, kwargs, differentiable argument names, exact)}: videos [N, C, T, H, W] in 2x2x3 tubelets
+    (L = 2*4*2 = 16) with the full table, the separable pair, and rectangular image patches."""
+    T, Hv, Wv, ps = 4, 8, 6, (2, 2, 3)
+    Lv = (T // 2) * (Hv // 2) * (Wv // 3)
+    clip = torch.randn(N, C, T, Hv, Wv, device=device)
+    keep = torch.stack([torch.randperm(Lv) for _ in range(N)]).to(device)[:, :5]
+    weight, bias = torch.randn(D, C, *ps, device=device), torch.randn(D, device=device)
+    spatial, temporal = torch.randn(1, 8, D, device=device), torch.randn(1, 2, D, device=device)
+    return {
+        "patchify video": ("patchify", dict(imgs=clip, patch_size=ps), ["imgs"], True),
+        "unpatchify video": ("unpatchify", dict(x=torch.randn(N, Lv, 12 * C, device=device), patch_size=ps,
+                                                image_size=(T, Hv, Wv)), ["x"], True),
+        "masked_patchify video": ("masked_patchify", dict(imgs=clip, ids_keep=keep, patch_size=ps), ["imgs"], True),
+        "masked_patchify rect": ("masked_patchify", dict(imgs=torch.randn(N, C, H, W, device=device),
+                                                         ids_keep=torch.stack([torch.randperm(8)[:3] for _ in range(N)]).to(device),
+                                                         patch_size=(2, 3)), ["imgs"], True),
+        "masked_patch_embed video": ("masked_patch_embed",
+                                     dict(imgs=clip, ids_keep=keep, weight=weight, bias=bias,
+                                          pos_embed=torch.randn(1, Lv, D, device=device)),
+                                     ["imgs", "weight", "bias", "pos_embed"], False),
+        "masked_patch_embed video separable": ("masked_patch_embed",
+                                               dict(imgs=clip, ids_keep=keep, weight=weight, bias=bias,
+                                                    pos_embed=(spatial, temporal)), ["imgs", "weight"], False),
+    }
+
+
+def check_layout(op, backend, device, layout, cases=None):
+    if cases is None:
+        args, grads, exact = _cases(device)[op]
+        fn = getattr(mae_kernels, op)
+    else:
+        name, args, grads, exact = cases[op]
+        fn = getattr(mae_kernels, name)
     strided, plain = _leaves(args, grads, layout), _leaves(args, grads, "contiguous")
     assert any(isinstance(v, torch.Tensor) and v.numel() > 1 and not v.is_contiguous() for v in strided.values())
     with mae_kernels.use_backend(backend):
@@ -131,6 +167,13 @@ def test_every_public_op_is_covered():
 @pytest.mark.parametrize("op", OPS)
 def test_noncontiguous_inputs_match_reference(op, backend, layout):
     check_layout(op, backend, "cpu", layout)
+
+
+@pytest.mark.parametrize("case, layout", [(c, lay) for c in sorted(_video_cases("cpu"))
+                                           for lay in LAYOUTS + (["hf"] if "video" in c else [])])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noncontiguous_video_inputs_match_reference(case, backend, layout):
+    check_layout(case, backend, "cpu", layout, _video_cases("cpu"))
 
 
 def _expanded_cases(device):

@@ -112,17 +112,18 @@ def test_patchify_gradients(backend):
 
 
 def sample_inputs(device):
-    """(op name, args) samples shared by opcheck: awkward sizes, channels_last, K = 0."""
+    """(op name, args) samples shared by opcheck: awkward sizes, channels_last, K = 0 (the ops take patch_size
+    [u, ph, pw] and image_size [H, W]; videos: tests/test_video_patch.py)."""
     imgs = torch.randn(2, 3, 6, 4, device=device, requires_grad=True)
     cl = torch.randn(1, 13, 28, 14, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
     ids = random_ids(2, 6, 3, device)
     patches = torch.randn(2, 3, 12, device=device, requires_grad=True)
     return [
-        ("patchify", (imgs, 2)), ("patchify", (cl, 14)),
-        ("unpatchify", (torch.randn(2, 6, 12, device=device, requires_grad=True), 2, 6, 4)),
-        ("masked_patchify", (imgs, ids, 2)), ("masked_patchify", (cl, random_ids(1, 2, 1, device), 14)),
-        ("masked_patchify", (imgs, ids[:, :0], 2)),
-        ("masked_patchify_backward", (patches, ids, 2, 6, 4)),
+        ("patchify", (imgs, [1, 2, 2])), ("patchify", (cl, [1, 14, 14])),
+        ("unpatchify", (torch.randn(2, 6, 12, device=device, requires_grad=True), [1, 2, 2], [6, 4])),
+        ("masked_patchify", (imgs, ids, [1, 2, 2])), ("masked_patchify", (cl, random_ids(1, 2, 1, device), [1, 14, 14])),
+        ("masked_patchify", (imgs, ids[:, :0], [1, 2, 2])),
+        ("masked_patchify_backward", (patches, ids, [1, 2, 2], [6, 4])),
     ]
 
 

@@ -27,8 +27,33 @@ def _imgs():
     return torch.randn(N, C, H, W)
 
 
+V_SIZE, V_PATCH = (4, H, W), (2, P_SIZE, P_SIZE)  # videos [N, C, 4, 8, 6] in 2x2x2 tubelets
+V_L = 2 * L  # 24
+
+
+def _good_video(op):
+    """Keyword arguments of a valid call of `op` on videos ("<op> video" in CASES)."""
+    clip = torch.randn(N, C, *V_SIZE)
+    ids_keep = torch.stack([torch.randperm(V_L)[:K] for _ in range(N)])
+    if op == "patchify":
+        return dict(imgs=clip, patch_size=V_PATCH)
+    if op == "unpatchify":
+        return dict(x=torch.randn(N, V_L, 2 * P), patch_size=V_PATCH, image_size=V_SIZE)
+    if op == "masked_patchify":
+        return dict(imgs=clip, ids_keep=ids_keep, patch_size=V_PATCH)
+    if op == "masked_patch_embed":
+        return dict(imgs=clip, ids_keep=ids_keep, weight=torch.randn(D, C, *V_PATCH), bias=torch.randn(D),
+                    pos_embed=(torch.randn(1, L, D), torch.randn(1, 2, D)))
+    if op == "random_masked_patch_embed":
+        return dict(imgs=clip, weight=torch.randn(D, C, *V_PATCH), bias=torch.randn(D),
+                    pos_embed=torch.randn(1, V_L, D), mask_ratio=0.75, noise=None, generator=None)
+    raise AssertionError(op)
+
+
 def _good(op):
-    """Keyword arguments of a valid call of `op`."""
+    """Keyword arguments of a valid call of `op` ("<op> video": on videos)."""
+    if op.endswith(" video"):
+        return _good_video(op.split()[0])
     if op == "random_masking":
         return dict(x=torch.randn(N, 8, 3), mask_ratio=0.5, noise=None, generator=None)
     if op == "random_mask_indices":
@@ -277,11 +302,43 @@ CASES = [
     ("denormalize_pred", "pred", lambda a: a["pred"].double(), TypeError, r"pred must have dtype"),
     ("denormalize_pred", "pred", lambda a: meta(a["pred"]), ValueError, r"pred must be on cpu .*got meta"),
     ("denormalize_pred", "patch_size", lambda a: 0, ValueError, r"patch_size must be a positive int"),
+    # videos [N, C, T, H, W] with tubelets (u, ph, pw), and rectangular image patches
+    ("patchify video", "imgs", lambda a: a["imgs"][:, :, :3], ValueError,
+     r"imgs: video size \(T x H x W\) 3x8x6 must be divisible by patch_size=2x2x2 .*got remainders 1 and 0 and 0"),
+    ("patchify video", "patch_size", lambda a: (2, 2), TypeError,
+     r"patch_size must be a triple \(u, ph, pw\) .*for videos \[N, C, T, H, W\], got \(2, 2\)"),
+    ("patchify video", "patch_size", lambda a: (2, 0, 2), ValueError, r"patch_size entries must be a positive int, got 0"),
+    ("patchify video", "imgs", lambda a: a["imgs"][:, :, 0], TypeError,
+     r"patch_size must be an int or a pair \(ph, pw\) for images \[N, C, H, W\], got \(2, 2, 2\)"),
+    ("patchify", "patch_size", lambda a: (2, 4), ValueError, r"imgs: image size 8x6 must be divisible by patch_size=2x4"),
+    ("unpatchify video", "image_size", lambda a: (8, 6), TypeError, r"image_size must be a triple of ints \(T, H, W\)"),
+    ("unpatchify video", "image_size", lambda a: (3, 8, 6), ValueError,
+     r"image_size must be positive and divisible by patch_size=2x2x2, got 3x8x6"),
+    ("unpatchify video", "x", lambda a: a["x"][:, 1:], ValueError,
+     r"x must have shape \[N, 24, u\*ph\*pw\*C\] for 4x8x6 videos and patch_size=2x2x2 \(C >= 1\), got \(2, 23, 24\)"),
+    ("masked_patchify video", "ids_keep", lambda a: a["ids_keep"] + V_L, ValueError,
+     r"ids_keep values must be patch indices in \[0, 24\)"),
+    ("masked_patch_embed video", "weight", lambda a: torch.randn(D, C, 2, 2), ValueError,
+     r"weight must be a Conv3d tubelet embedding weight \[D, C, u, ph, pw\] for videos imgs \[N, C, T, H, W\], "
+     r"got \(16, 3, 2, 2\)"),
+    ("masked_patch_embed video", "weight", lambda a: torch.randn(D, C, 3, 2, 2), ValueError,
+     r"imgs: video size \(T x H x W\) 4x8x6 must be divisible by patch_size=3x2x2"),
+    ("masked_patch_embed video", "pos_embed", lambda a: (a["pos_embed"][0], a["pos_embed"][1][:, :1]), ValueError,
+     r"pos_embed temporal must have shape \[1, 2, 16\], got \(1, 1, 16\)"),
+    ("masked_patch_embed video", "pos_embed", lambda a: torch.randn(1, 23, D), ValueError,
+     r"pos_embed must have shape \[1, 24, 16\] \(a table of the L tokens\) or \[1, 25, 16\] \(cls row first\), "
+     r"got \(1, 23, 16\)"),
+    ("masked_patch_embed", "pos_embed", lambda a: (a["pos_embed"], a["pos_embed"]), TypeError,
+     r"pos_embed must be a tensor \[1, 1 \+ L, D\] or None \(the separable \(spatial, temporal\) pair is for videos\)"),
+    ("random_masked_patch_embed video", "imgs", lambda a: a["imgs"][:, :, :, :7], ValueError,
+     r"imgs: video size \(T x H x W\) 4x7x6 must be divisible by patch_size=2x2x2"),
+    ("random_masked_patch_embed video", "weight", lambda a: torch.randn(D, 4, 2, 2, 2), ValueError,
+     r"imgs must have shape \[\*, 4\], got \(2, 3, 4, 8, 6\)"),
 ]
 
 
 def _call(op, args):
-    return getattr(mae_kernels, op)(**args)
+    return getattr(mae_kernels, op.split()[0])(**args)
 
 
 def _case_id(case):
@@ -289,7 +346,8 @@ def _case_id(case):
     return f"{op}-{arg}-{exc.__name__}-{regex[:30]}"
 
 
-PUBLIC_OPS = sorted({c[0] for c in CASES})
+PUBLIC_OPS = sorted({c[0].split()[0] for c in CASES})
+VARIANTS = sorted({c[0] for c in CASES})  # ops and their "<op> video" forms
 
 
 def test_every_public_op_has_cases():
@@ -298,7 +356,7 @@ def test_every_public_op_has_cases():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("op", PUBLIC_OPS)
+@pytest.mark.parametrize("op", VARIANTS)
 def test_valid_baseline_runs(op, backend):
     """The unmodified arguments of the table are valid: every failure below comes from its one bad value."""
     with mae_kernels.use_backend(backend):

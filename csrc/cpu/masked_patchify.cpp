@@ -12,35 +12,40 @@
 namespace mae_kernels {
 namespace {
 
-// Copies each patch vector between the image (strides in lay) and its row of [N, K, P] (contiguous); ids:
+// Copies each patch vector between the image or video (strides in lay) and its row of [N, K, P] (contiguous); ids:
 // [N, K] or nullptr (patch k). kToImage false gathers (src: image, dst: rows); true scatters (src: rows,
 // dst: image), and as patches are disjoint, rows never collide.
 template <bool kToImage, typename word>
 void copy_patches(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
-  const int64_t P = lay.p * lay.p * lay.C;
+  const int64_t P = lay.P();
+  const FastDivmod div_K(K);
   at::parallel_for(0, N * K, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t l = ids ? ids[i] : i % K;
-      const int64_t corner = lay.offset(i / K, l, 0);  // the patch's top-left pixel, channel 0
+      int64_t k;
+      const int64_t n = div_K.divmod(i, &k);
+      const int64_t corner = lay.corner(n, ids ? ids[i] : k);  // the tubelet's first pixel, channel 0
       const word* from = src + (kToImage ? i * P : corner);
       word* to = dst + (kToImage ? corner : i * P);
-      int64_t j = 0;  // entry of the patch vector
-      for (int64_t r = 0; r < lay.p; ++r)
-        for (int64_t q = 0; q < lay.p; ++q)
-          for (int64_t c = 0; c < lay.C; ++c, ++j) {
-            const int64_t pixel = r * lay.s_h + q * lay.s_w + c * lay.s_c;
-            to[kToImage ? pixel : j] = from[kToImage ? j : pixel];
-          }
+      int64_t j = 0;  // entry of the patch vector: (frame, p_row, p_col, c) order
+      for (int64_t a = 0; a < lay.u; ++a)
+        for (int64_t r = 0; r < lay.ph; ++r)
+          for (int64_t q = 0; q < lay.pw; ++q)
+            for (int64_t c = 0; c < lay.C; ++c, ++j) {
+              const int64_t pixel = a * lay.s_t + r * lay.s_h + q * lay.s_w + c * lay.s_c;
+              to[kToImage ? pixel : j] = from[kToImage ? j : pixel];
+            }
     }
   });
 }
 
-at::Tensor gather_cpu(const at::Tensor& imgs, const at::Tensor* ids_keep, int64_t p) {
-  return gather_patches(imgs, ids_keep, p, [](auto... args) { copy_patches<false>(args...); });
+at::Tensor gather_cpu(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size) {
+  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { copy_patches<false>(args...); });
 }
 
-at::Tensor scatter_cpu(const at::Tensor& patches, const at::Tensor* ids_keep, int64_t p, int64_t H, int64_t W) {
-  return scatter_patches(patches, ids_keep, p, H, W, [](auto... args) { copy_patches<true>(args...); });
+at::Tensor scatter_cpu(const at::Tensor& patches, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                       at::IntArrayRef image_size) {
+  return scatter_patches(patches, ids_keep, patch_size, image_size,
+                         [](auto... args) { copy_patches<true>(args...); });
 }
 
 using Ops = PatchifyOps<gather_cpu, scatter_cpu>;

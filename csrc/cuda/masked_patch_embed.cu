@@ -10,10 +10,11 @@ namespace mae_kernels {
 namespace {
 
 at::Tensor masked_patch_embed_cuda(const at::Tensor& imgs, const at::Tensor& ids_keep, const at::Tensor& weight,
-                                   const at::Tensor& bias, const std::optional<at::Tensor>& pos_embed) {
+                                   const at::Tensor& bias, const std::optional<at::Tensor>& pos_embed,
+                                   const std::optional<at::Tensor>& pos_temporal) {
   TORCH_CHECK(imgs.is_cuda(), "mae_kernels: imgs must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(imgs.device());
-  return masked_patch_embed_gemm(imgs, ids_keep, weight, bias, pos_embed);
+  return masked_patch_embed_gemm(imgs, ids_keep, weight, bias, pos_embed, pos_temporal);
 }
 
 }  // namespace

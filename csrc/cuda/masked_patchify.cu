@@ -23,20 +23,22 @@ void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N
   const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(rows, cap));
   copy_patches_kernel<kToImage, word, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      src, ids, lay, FastDivmod(K), rows, lay.p * lay.p * lay.C, dst);
+      src, ids, lay, FastDivmod(K), rows, lay.P(), dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor gather_cuda(const at::Tensor& imgs, const at::Tensor* ids_keep, int64_t p) {
+at::Tensor gather_cuda(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size) {
   TORCH_CHECK(imgs.is_cuda(), "mae_kernels: imgs must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(imgs.device());
-  return gather_patches(imgs, ids_keep, p, [](auto... args) { launch_copy<false>(args...); });
+  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { launch_copy<false>(args...); });
 }
 
-at::Tensor scatter_cuda(const at::Tensor& patches, const at::Tensor* ids_keep, int64_t p, int64_t H, int64_t W) {
+at::Tensor scatter_cuda(const at::Tensor& patches, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                        at::IntArrayRef image_size) {
   TORCH_CHECK(patches.is_cuda(), "mae_kernels: the patch vectors must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(patches.device());
-  return scatter_patches(patches, ids_keep, p, H, W, [](auto... args) { launch_copy<true>(args...); });
+  return scatter_patches(patches, ids_keep, patch_size, image_size,
+                         [](auto... args) { launch_copy<true>(args...); });
 }
 
 using Ops = PatchifyOps<gather_cuda, scatter_cuda>;

@@ -25,3 +25,19 @@ def sincos_2d(embed_dim, grid_size, cls_token=False):
     if cls_token:
         emb = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), emb], dim=0)
     return emb.float()
+
+
+def sinusoid_table(num_positions, embed_dim):
+    """VideoMAE's fixed 1-D sin-cos table over the flat token index (get_sinusoid_encoding_table): [1, M, D]
+    float32 (float64 maths, as its numpy code), pos[n, 2i] = sin(n / 10000^(2i / D)),
+    pos[n, 2i + 1] = cos(n / 10000^(2i / D)); no cls row. For a video of L = t*h*w tokens it is the full table
+    masked_patch_embed takes as pos_embed [1, L, D]."""
+    if isinstance(num_positions, bool) or not isinstance(num_positions, int) or num_positions < 0:
+        raise ValueError(f"num_positions must be an int >= 0, got {num_positions!r}")
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+    j = torch.arange(embed_dim, dtype=torch.float64)
+    denom = torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * torch.div(j, 2, rounding_mode="floor") / embed_dim)
+    angle = torch.arange(num_positions, dtype=torch.float64)[:, None] / denom[None, :]
+    table = torch.where(j.remainder(2) == 0, torch.sin(angle), torch.cos(angle))
+    return table.float().unsqueeze(0)

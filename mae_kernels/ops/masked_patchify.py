@@ -1,12 +1,15 @@
 """patchify, unpatchify and masked_patchify: MAE's patch layout as gathers / scatters, any channel count,
-non-square images, any image strides (channels_last, non-contiguous views).
+non-square images, square or rectangular patches, videos cut into tubelets, any strides (channels_last,
+channels_last_3d, HF's [N, T, C, H, W] video permuted to [N, C, T, H, W], non-contiguous views).
 
-Compiled ops (CPU, CUDA) and their Triton twins (<name>_triton) share these schemas:
-  patchify(imgs [N, C, H, W], patch_size) -> [N, L, p*p*C]            backward: unpatchify
-  unpatchify(x [N, L, p*p*C], patch_size, height, width) -> [N, C, H, W]   backward: patchify
-  masked_patchify(imgs, ids_keep [N, K] int64, patch_size) -> [N, K, p*p*C]   (only the kept pixels are read)
-  masked_patchify_backward(grad [N, K, P], ids_keep, patch_size, height, width) -> [N, C, H, W] (zeros elsewhere)
-Patch vectors are in (p_row, p_col, c) order, channel fastest; token l = row * (W / p) + col.
+Compiled ops (CPU, CUDA) and their Triton twins (<name>_triton) share these schemas, with patch_size = [u, ph, pw]
+(u = 1 for images) and image_size = [H, W] (output [N, C, H, W]) or [T, H, W] (output [N, C, T, H, W]):
+  patchify(imgs [N, C, (T,) H, W], patch_size) -> [N, L, P]                  backward: unpatchify
+  unpatchify(x [N, L, P], patch_size, image_size) -> [N, C, (T,) H, W]       backward: patchify
+  masked_patchify(imgs, ids_keep [N, K] int64, patch_size) -> [N, K, P]   (only the kept pixels are read)
+  masked_patchify_backward(grad [N, K, P], ids_keep, patch_size, image_size) -> imgs' shape (zeros elsewhere)
+P = u*ph*pw*C. Patch vectors are in (frame, p_row, p_col, c) order, channel fastest; token
+l = (ti * h + hi) * w + wi with h = H / ph, w = W / pw (MAE_SPEC_VIDEO.md; images: l = hi * w + wi).
 ids_keep entries must be distinct within a row (as random masking makes them) for the scatter to be a gradient;
 their range is always checked, their distinctness with MAE_KERNELS_DEBUG=1 (ops/_validate.py).
 """
@@ -15,13 +18,14 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import check_ids_keep, check_images, check_patch_size, check_tensor
+from ._validate import (check_ids_keep, check_images, check_patch_size, check_tensor, patch_dims,
+                        patch_size_text)
 
 _SCHEMAS = {
-    "patchify": "(Tensor imgs, int patch_size) -> Tensor",
-    "unpatchify": "(Tensor x, int patch_size, int height, int width) -> Tensor",
-    "masked_patchify": "(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor",
-    "masked_patchify_backward": "(Tensor grad, Tensor ids_keep, int patch_size, int height, int width) -> Tensor",
+    "patchify": "(Tensor imgs, int[] patch_size) -> Tensor",
+    "unpatchify": "(Tensor x, int[] patch_size, int[] image_size) -> Tensor",
+    "masked_patchify": "(Tensor imgs, Tensor ids_keep, int[] patch_size) -> Tensor",
+    "masked_patchify_backward": "(Tensor grad, Tensor ids_keep, int[] patch_size, int[] image_size) -> Tensor",
 }
 
 
@@ -29,16 +33,16 @@ def _triton(name):
     def impl(*args):
         from ..triton import masked_patchify as tk
         if name == "patchify":
-            imgs, p = args
-            return tk.gather(imgs, None, p)
+            imgs, patch_size = args
+            return tk.gather(imgs, None, patch_size)
         if name == "unpatchify":
-            x, p, H, W = args
-            return tk.scatter(x, None, p, H, W)
+            x, patch_size, image_size = args
+            return tk.scatter(x, None, patch_size, image_size)
         if name == "masked_patchify":
-            imgs, ids_keep, p = args
-            return tk.gather(imgs, ids_keep, p)
-        grad, ids_keep, p, H, W = args
-        return tk.scatter(grad, ids_keep, p, H, W)
+            imgs, ids_keep, patch_size = args
+            return tk.gather(imgs, ids_keep, patch_size)
+        grad, ids_keep, patch_size, image_size = args
+        return tk.scatter(grad, ids_keep, patch_size, image_size)
     return impl
 
 
@@ -48,48 +52,56 @@ OPS = {"cpu": _compiled, "cuda": _compiled,
        "triton": {name: define_triton_op(name, schema, _triton(name)) for name, schema in _SCHEMAS.items()}}
 
 
-def _fake_patchify(imgs, p):
-    N, C, H, W = imgs.shape
-    return imgs.new_empty(N, (H // p) * (W // p), p * p * C)
+def _num_patches(sizes, patch_size):
+    """L of a sample of spatial sizes [H, W] or [T, H, W] cut into patch_size [u, ph, pw] patches."""
+    u, ph, pw = patch_size
+    T, H, W = sizes if len(sizes) == 3 else (u, *sizes)
+    return (T // u) * (H // ph) * (W // pw)
 
 
-def _fake_unpatchify(x, p, H, W):
+def _fake_patchify(imgs, patch_size):
+    u, ph, pw = patch_size
+    return imgs.new_empty(imgs.shape[0], _num_patches(imgs.shape[2:], patch_size), u * ph * pw * imgs.shape[1])
+
+
+def _fake_unpatchify(x, patch_size, image_size):
     N, _, P = x.shape
-    return x.new_empty(N, P // (p * p), H, W)
+    u, ph, pw = patch_size
+    return x.new_empty(N, P // (u * ph * pw), *image_size)
 
 
-def _fake_masked_patchify(imgs, ids_keep, p):
-    N, C, _, _ = imgs.shape
-    return imgs.new_empty(N, ids_keep.shape[1], p * p * C)
+def _fake_masked_patchify(imgs, ids_keep, patch_size):
+    u, ph, pw = patch_size
+    return imgs.new_empty(imgs.shape[0], ids_keep.shape[1], u * ph * pw * imgs.shape[1])
 
 
-def _fake_masked_patchify_backward(grad, ids_keep, p, H, W):
-    N, _, P = grad.shape
-    return grad.new_empty(N, P // (p * p), H, W)
+def _fake_masked_patchify_backward(grad, ids_keep, patch_size, image_size):
+    return _fake_unpatchify(grad, patch_size, image_size)
 
 
 def _register(ops):
-    def setup_image(ctx, inputs, output):  # ops whose differentiable input is an image
-        ctx.p, ctx.H, ctx.W = inputs[-1], inputs[0].shape[2], inputs[0].shape[3]
+    def setup_image(ctx, inputs, output):  # ops whose differentiable input is an image or video
+        ctx.patch_size, ctx.image_size = inputs[-1], list(inputs[0].shape[2:])
         ctx.save_for_backward(inputs[1] if len(inputs) == 3 else None)
 
     def setup_patches(ctx, inputs, output):  # ops whose differentiable input is patch vectors
-        ctx.p = inputs[-3]
-        ctx.save_for_backward(inputs[1] if len(inputs) == 5 else None)
+        ctx.patch_size = inputs[-2]
+        ctx.save_for_backward(inputs[1] if len(inputs) == 4 else None)
 
     def patchify_backward(ctx, grad):
-        return ops["unpatchify"](grad.contiguous(), ctx.p, ctx.H, ctx.W), None
+        return ops["unpatchify"](grad.contiguous(), ctx.patch_size, ctx.image_size), None
 
     def unpatchify_backward(ctx, grad):
-        return ops["patchify"](grad, ctx.p), None, None, None
+        return ops["patchify"](grad, ctx.patch_size), None, None
 
     def masked_patchify_backward(ctx, grad):
         (ids_keep,) = ctx.saved_tensors
-        return ops["masked_patchify_backward"](grad.contiguous(), ids_keep, ctx.p, ctx.H, ctx.W), None, None
+        return (ops["masked_patchify_backward"](grad.contiguous(), ids_keep, ctx.patch_size, ctx.image_size),
+                None, None)
 
     def masked_patchify_double_backward(ctx, grad):
         (ids_keep,) = ctx.saved_tensors
-        return ops["masked_patchify"](grad, ids_keep, ctx.p), None, None, None, None
+        return ops["masked_patchify"](grad, ids_keep, ctx.patch_size), None, None, None
 
     register([ops["patchify"]], _fake_patchify, patchify_backward, setup_image)
     register([ops["unpatchify"]], _fake_unpatchify, unpatchify_backward, setup_patches)
@@ -103,7 +115,26 @@ for _backend in ("cuda", "triton"):  # cpu shares cuda's compiled ops
         _register(OPS[_backend])
 
 
-def _image_size(image_size):
+def _is_video_size(patch_size):
+    return isinstance(patch_size, (tuple, list, torch.Size)) and len(patch_size) == 3
+
+
+def _check_geometry(imgs, patch_size):
+    """Validate imgs against patch_size; returns [u, ph, pw] for the ops. An int or a pair goes with images
+    [N, C, H, W], a triple (u, ph, pw) with videos [N, C, T, H, W]; a mismatch names patch_size (patch_dims)."""
+    if not isinstance(patch_size, (tuple, list, torch.Size)):
+        check_patch_size(patch_size)  # first, as before videos: its message names patch_size
+    video = _is_video_size(patch_size) or isinstance(imgs, torch.Tensor) and imgs.dim() == 5
+    return list(check_images("imgs", imgs, patch_size, video=video))
+
+
+def _image_size(image_size, patch_size=None):
+    if _is_video_size(patch_size):
+        if (isinstance(image_size, (tuple, list, torch.Size)) and len(image_size) == 3
+                and all(isinstance(s, int) and not isinstance(s, bool) for s in image_size)):
+            return tuple(image_size)
+        raise TypeError(f"image_size must be a triple of ints (T, H, W) for videos (patch_size (u, ph, pw)), "
+                        f"got {image_size!r}")
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         return image_size, image_size
     if (isinstance(image_size, (tuple, list, torch.Size)) and len(image_size) == 2
@@ -113,45 +144,53 @@ def _image_size(image_size):
 
 
 def patchify(imgs, patch_size):
-    """[N, C, H, W] -> [N, L, p*p*C] patch vectors in (p_row, p_col, c) order (MAE's patchify, any C, H != W)."""
-    check_patch_size(patch_size)
-    check_images("imgs", imgs, patch_size)
+    """Images [N, C, H, W] with patch_size p or (ph, pw) -> [N, L, ph*pw*C] in (p_row, p_col, c) order (MAE's
+    patchify, any C, H != W); videos [N, C, T, H, W] with patch_size (u, ph, pw) -> [N, L, u*ph*pw*C] in
+    (frame, p_row, p_col, c) order, token l = (ti * h + hi) * w + wi (mae_st's and VideoMAE's patchify)."""
+    dims = _check_geometry(imgs, patch_size)
     backend = select("patchify", imgs.device.type)
     if backend == "reference":
         return reference.patchify(imgs, patch_size)
-    return OPS[backend]["patchify"](imgs, patch_size)
+    return OPS[backend]["patchify"](imgs, dims)
 
 
 def unpatchify(x, patch_size, image_size):
-    """[N, L, p*p*C] -> [N, C, H, W], the exact inverse of patchify; image_size is H (square) or (H, W)."""
-    check_patch_size(patch_size)
-    H, W = _image_size(image_size)
+    """[N, L, P] -> the images [N, C, H, W] or videos [N, C, T, H, W], the exact inverse of patchify; image_size
+    is H (square) or (H, W) for images (patch_size p or (ph, pw)), (T, H, W) for videos (patch_size (u, ph, pw))."""
+    if not isinstance(patch_size, (tuple, list, torch.Size)):
+        check_patch_size(patch_size)
+    u, ph, pw = patch_dims(patch_size, 5 if _is_video_size(patch_size) else 4)
+    size = _image_size(image_size, patch_size)
     check_tensor("x", x, ndim=3)
     if not x.is_floating_point():
         raise TypeError(f"x must have a floating-point dtype, got {x.dtype}")
-    if H % patch_size or W % patch_size or H < 1 or W < 1:
-        raise ValueError(f"image_size must be positive and divisible by patch_size={patch_size}, got {H}x{W}")
-    L, P = (H // patch_size) * (W // patch_size), x.shape[2]
-    if x.shape[1] != L or P == 0 or P % (patch_size * patch_size):
-        raise ValueError(f"x must have shape [N, {L}, p*p*C] for {H}x{W} images and patch_size={patch_size} "
-                         f"(C >= 1), got {tuple(x.shape)}")
+    T, H, W = size if len(size) == 3 else (u, *size)
+    size_text = "x".join(str(s) for s in size)
+    if T % u or H % ph or W % pw or min(size) < 1:
+        raise ValueError(f"image_size must be positive and divisible by patch_size={patch_size_text(patch_size)}, "
+                         f"got {size_text}")
+    L, P, vec = (T // u) * (H // ph) * (W // pw), x.shape[2], u * ph * pw
+    if x.shape[1] != L or P == 0 or P % vec:
+        vec_text = ("p*p*C" if isinstance(patch_size, int) else "ph*pw*C" if len(size) == 2 else "u*ph*pw*C")
+        kind = "images" if len(size) == 2 else "videos"
+        raise ValueError(f"x must have shape [N, {L}, {vec_text}] for {size_text} {kind} and "
+                         f"patch_size={patch_size_text(patch_size)} (C >= 1), got {tuple(x.shape)}")
     backend = select("unpatchify", x.device.type)
     if backend == "reference":
-        return reference.unpatchify(x, patch_size, (H, W))
-    return OPS[backend]["unpatchify"](x, patch_size, H, W)
+        return reference.unpatchify(x, patch_size, size)
+    return OPS[backend]["unpatchify"](x, [u, ph, pw], list(size))
 
 
 def masked_patchify(imgs, ids_keep, patch_size):
-    """The patch vectors of the kept patches only, in ids_keep order: [N, K, p*p*C] (p_row, p_col, c).
+    """The patch vectors of the kept patches (tubelets for videos) only, in ids_keep order: [N, K, P] in
+    patchify's vector order.
 
     Reads only the kept patches' pixels straight from imgs (any strides); equals
     gather(patchify(imgs), 1, ids_keep) bit for bit. Differentiable with respect to imgs (the gradient is
     scattered back into a zero image)."""
-    check_patch_size(patch_size)
-    check_images("imgs", imgs, patch_size)
-    N, _, H, W = imgs.shape
-    check_ids_keep(ids_keep, N, (H // patch_size) * (W // patch_size), imgs.device)
+    dims = _check_geometry(imgs, patch_size)
+    check_ids_keep(ids_keep, imgs.shape[0], _num_patches(imgs.shape[2:], dims), imgs.device)
     backend = select("masked_patchify", imgs.device.type)
     if backend == "reference":
         return reference.masked_patchify(imgs, ids_keep, patch_size)
-    return OPS[backend]["masked_patchify"](imgs, ids_keep, patch_size)
+    return OPS[backend]["masked_patchify"](imgs, ids_keep, dims)

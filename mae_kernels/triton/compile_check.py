@@ -213,14 +213,21 @@ def scenarios():
             ids = _m(256, K, dtype=torch.int64)
             L = (224 // p) ** 2
             out.append((f"masked_patchify gather {dtype} p={p}",
-                        lambda imgs=imgs, ids=ids, p=p: pf.gather(imgs, ids, p)))
-            out.append((f"patchify gather {dtype} p={p}", lambda imgs=imgs, p=p: pf.gather(imgs, None, p)))
+                        lambda imgs=imgs, ids=ids, p=p: pf.gather(imgs, ids, (1, p, p))))
+            out.append((f"patchify gather {dtype} p={p}", lambda imgs=imgs, p=p: pf.gather(imgs, None, (1, p, p))))
             out.append((f"masked_patchify scatter {dtype} p={p}",
                         lambda dtype=dtype, ids=ids, K=K, p=p: pf.scatter(_m(256, K, p * p * 3, dtype=dtype), ids,
-                                                                           p, 224, 224)))
+                                                                           (1, p, p), (224, 224))))
             out.append((f"unpatchify scatter {dtype} p={p}",
-                        lambda dtype=dtype, L=L, p=p: pf.scatter(_m(256, L, p * p * 3, dtype=dtype), None, p, 224,
-                                                                  224)))
+                        lambda dtype=dtype, L=L, p=p: pf.scatter(_m(256, L, p * p * 3, dtype=dtype), None, (1, p, p),
+                                                                  (224, 224))))
+        # video: 16 frames of 224x224 in 2x16x16 tubelets (L = 1568, 156 kept at ratio 0.9), batch 32.
+        clip = _m(32, 3, 16, 224, 224, dtype=dtype)
+        out.append((f"masked_patchify gather video {dtype}",
+                    lambda clip=clip: pf.gather(clip, _m(32, 156, dtype=torch.int64), (2, 16, 16))))
+        out.append((f"masked_patchify scatter video {dtype}",
+                    lambda dtype=dtype: pf.scatter(_m(32, 156, 1536, dtype=dtype), _m(32, 156, dtype=torch.int64),
+                                                   (2, 16, 16), (16, 224, 224))))
     # masked_patch_embed: ViT-B/16 and ViT-H/14; pos_embed in the same dtype or float32 (autocast).
     for dtype in ALL:
         for p, D, K in ((16, 768, 49), (14, 1280, 64)):
@@ -232,6 +239,15 @@ def scenarios():
                                 pe.masked_patch_embed(_m(256, 3, 224, 224, dtype=dtype), _m(256, K, dtype=torch.int64),
                                                       _m(D, 3, p, p, dtype=dtype), _m(D, dtype=dtype),
                                                       _m(1, 1 + L, D, dtype=pos_dtype) if with_pos else None)))
+    # tubelet embedding (video, 2x16x16, L = 1568, 156 kept, D = 768): full table (VideoMAE) or separable (mae_st).
+    for dtype in ALL:
+        for pos in ("table", "separable"):
+            out.append((f"masked_patch_embed video {dtype} pos={pos}",
+                        lambda dtype=dtype, pos=pos: pe.masked_patch_embed(
+                            _m(32, 3, 16, 224, 224, dtype=dtype), _m(32, 156, dtype=torch.int64),
+                            _m(768, 3, 2, 16, 16, dtype=dtype), _m(768, dtype=dtype),
+                            _m(1, 1568, 768) if pos == "table" else _m(1, 196, 768),
+                            _m(1, 8, 768) if pos == "separable" else None)))
     # unshuffle_with_mask_tokens: the decoder (D=512), ViT-B and video lengths, cls or not, fp32 or low outputs.
     for dtype in ALL:
         for L, K in ((196, 49), (1568, 156)):
@@ -322,9 +338,13 @@ def _edge_scenarios(rm, pf, pe, un, mse):
                         lambda dtype=dtype, L=L, K=K, D=D: rm.random_masking_backward(
                             _m(2, K, D, dtype=dtype), _m(2, K, dtype=torch.int64), L)))
         imgs = _m(2, 3, 8, 12, dtype=dtype)
-        out.append((f"edge masked_patchify {dtype}", lambda imgs=imgs: pf.gather(imgs, _m(2, 3, dtype=torch.int64), 4)))
-        out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None, 4, 8,
-                                                                             12)))
+        out.append((f"edge masked_patchify {dtype}",
+                    lambda imgs=imgs: pf.gather(imgs, _m(2, 3, dtype=torch.int64), (1, 4, 4))))
+        out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None,
+                                                                             (1, 4, 4), (8, 12))))
+        out.append((f"edge masked_patchify video {dtype}",
+                    lambda dtype=dtype: pf.gather(_m(2, 3, 4, 6, 10, dtype=dtype), _m(2, 3, dtype=torch.int64),
+                                                  (2, 3, 2))))
         out.append((f"edge masked_patch_embed {dtype}",
                     lambda imgs=imgs, dtype=dtype: pe.masked_patch_embed(
                         imgs, _m(2, 3, dtype=torch.int64), _m(8, 3, 4, 4, dtype=dtype), _m(8, dtype=dtype),
@@ -404,7 +424,8 @@ MIN_BLOCKS_PER_SM = 2
 # 16-byte-aligned length is read or written with 16-byte accesses; the image side of patchify is a gather along
 # channels (not contiguous), so only its [N*K, P] side counts.
 COPY_KERNELS = {
-    "_copy_kernel": lambda c: (c.get("p", 0) * c.get("p", 0) * c.get("C", 0), c["TO_IMAGE"], not c["TO_IMAGE"]),
+    "_copy_kernel": lambda c: (c.get("U", 0) * c.get("PH", 0) * c.get("PW", 0) * c.get("C", 0), c["TO_IMAGE"],
+                               not c["TO_IMAGE"]),
     "_random_masking_fwd_kernel": lambda c: ("D", c["HAS_D"], c["HAS_D"]),
     "_random_masking_bwd_kernel": lambda c: ("D", True, True),
     "_forward_kernel": lambda c: ("D", True, True),

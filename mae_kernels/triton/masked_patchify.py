@@ -1,23 +1,26 @@
-"""Triton patchify family: one gather (image -> [N, K, P] patch vectors) and one scatter (the inverse), with
-the patches picked by ids_keep [N, K] or, without it, all L patches in order. Images are addressed by their
-strides (channels_last and non-contiguous views work); values are copied, so results are bit-exact.
-Patch vectors are in MAE's (p_row, p_col, c) order: entry j = (p_row * p + p_col) * C + c."""
+"""Triton patchify family: one gather (images [N, C, H, W] or videos [N, C, T, H, W] -> [N, K, P] patch vectors)
+and one scatter (the inverse), with the patches picked by ids_keep [N, K] or, without it, all L patches in order.
+Samples are addressed by their strides (channels_last, channels_last_3d and non-contiguous views work); values
+are copied, so results are bit-exact. A patch is a tubelet of u frames x ph x pw pixels (images: u = 1, time
+stride 0); its vector is in (frame, p_row, p_col, c) order: entry j = ((a * ph + p_row) * pw + p_col) * C + c;
+token l = (ti * h + hi) * w + wi."""
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _copy_kernel(src_ptr,  # gather: the image [N, C, H, W] with strides s_*; scatter: [N * K, P] contiguous
+def _copy_kernel(src_ptr,  # gather: the sample [N, C, (T,) H, W] with strides s_*; scatter: [N * K, P] contiguous
                  ids_ptr,  # [N * K] int64 (unused without HAS_IDS)
-                 dst_ptr,  # gather: [N * K, P] contiguous; scatter: the image (only the listed patches are written)
-                 K, s_n, s_c, s_h, s_w,
-                 p: tl.constexpr, C: tl.constexpr, GRID_W: tl.constexpr,
+                 dst_ptr,  # gather: [N * K, P] contiguous; scatter: the sample (only the listed patches are written)
+                 K, s_n, s_c, s_t, s_h, s_w,  # s_t = 0 for images
+                 U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, C: tl.constexpr,
+                 GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
                  TO_IMAGE: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Copies patch vectors between the image and their rows: a gather, or with TO_IMAGE a scatter. A program
-    copies BLOCK_M patches of one sample; p, C and the grid width are constants, so no index math divides at
-    run time except the one division per program that finds the sample."""
-    P: tl.constexpr = p * p * C
+    """Copies patch vectors between the sample and their rows: a gather, or with TO_IMAGE a scatter. A program
+    copies BLOCK_M patches of one sample; the patch sizes, C and the grid are constants, so no index math
+    divides at run time except the one division per program that finds the sample."""
+    P: tl.constexpr = U * PH * PW * C
     k_blocks = tl.cdiv(K, BLOCK_M)
     pid = tl.program_id(0).to(tl.int64)
     n = pid // k_blocks
@@ -29,9 +32,12 @@ def _copy_kernel(src_ptr,  # gather: the image [N, C, H, W] with strides s_*; sc
         l = tl.load(ids_ptr + n * K + k, mask=k_ok, other=0)
     else:
         l = k
-    corner = n * s_n + (l // GRID_W) * p * s_h + (l % GRID_W) * p * s_w
-    q = cols // C  # p_row * p + p_col
-    in_patch = (cols % C).to(tl.int64) * s_c + (q // p).to(tl.int64) * s_h + (q % p).to(tl.int64) * s_w
+    cell = l % GRID_HW  # hi * w + wi
+    corner = n * s_n + (l // GRID_HW) * U * s_t + (cell // GRID_W) * PH * s_h + (cell % GRID_W) * PW * s_w
+    q = cols // C  # (a * ph + p_row) * pw + p_col
+    r = q // PW  # a * ph + p_row
+    in_patch = ((cols % C).to(tl.int64) * s_c + (r // PH).to(tl.int64) * s_t + (r % PH).to(tl.int64) * s_h
+                + (q % PW).to(tl.int64) * s_w)
     pixel = corner[:, None] + in_patch[None, :]
     row = (n * K + k)[:, None] * P + cols[None, :]
     if TO_IMAGE:
@@ -50,34 +56,51 @@ def _blocks(N, K, P, element_size):
     return block_m, block_p, warps, (N * triton.cdiv(K, block_m), triton.cdiv(P, block_p))
 
 
-def _launch(to_image, src, ids, dst, img, N, K, p):
-    C, W = img.shape[1], img.shape[3]
-    P = p * p * C
+def _strides(x):
+    """(s_n, s_c, s_t, s_h, s_w) of a 4-D image (s_t = 0: one frame) or a 5-D video."""
+    s = x.stride()
+    return s if x.dim() == 5 else (s[0], s[1], 0, s[2], s[3])
+
+
+def _launch(to_image, src, ids, dst, img, N, K, patch_size):
+    u, ph, pw = patch_size
+    C, H, W = img.shape[1], img.shape[-2], img.shape[-1]
+    P = u * ph * pw * C
     if N * K == 0 or P == 0:
         return
     block_m, block_p, warps, grid = _blocks(N, K, P, img.element_size())
     has_ids = ids is not None
     ids = ids.contiguous() if has_ids else src  # any pointer when unused
-    _copy_kernel[grid](src, ids, dst, K, *img.stride(), p=p, C=C, GRID_W=W // p,
-                       TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=warps)
+    _copy_kernel[grid](src, ids, dst, K, *_strides(img), U=u, PH=ph, PW=pw, C=C, GRID_W=W // pw,
+                       GRID_HW=(H // ph) * (W // pw), TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m,
+                       BLOCK_P=block_p, num_warps=warps)
 
 
-def gather(imgs, ids_keep, p):
-    """[N, K, p*p*C] patch vectors of imgs (ids_keep [N, K] int64, or None for all L patches in order)."""
-    N, C, H, W = imgs.shape
-    K = ids_keep.shape[1] if ids_keep is not None else (H // p) * (W // p)
-    out = torch.empty(N, K, p * p * C, dtype=imgs.dtype, device=imgs.device)
-    _launch(False, imgs, ids_keep, out, imgs, N, K, p)
+def num_patches(sizes, patch_size):
+    u, ph, pw = patch_size
+    T, H, W = sizes if len(sizes) == 3 else (u, *sizes)
+    return (T // u) * (H // ph) * (W // pw)
+
+
+def gather(imgs, ids_keep, patch_size):
+    """[N, K, u*ph*pw*C] patch vectors of imgs [N, C, (T,) H, W] (patch_size [u, ph, pw]; ids_keep [N, K] int64,
+    or None for all L patches in order)."""
+    u, ph, pw = patch_size
+    N, C = imgs.shape[:2]
+    K = ids_keep.shape[1] if ids_keep is not None else num_patches(imgs.shape[2:], patch_size)
+    out = torch.empty(N, K, u * ph * pw * C, dtype=imgs.dtype, device=imgs.device)
+    _launch(False, imgs, ids_keep, out, imgs, N, K, patch_size)
     return out
 
 
-def scatter(patches, ids_keep, p, H, W):
-    """The image [N, C, H, W] holding the patch vectors at patches ids_keep (zero elsewhere), or, with
-    ids_keep None, at all L patches in order (the inverse of gather)."""
+def scatter(patches, ids_keep, patch_size, image_size):
+    """The sample [N, C, *image_size] (image_size [H, W] or [T, H, W]) holding the patch vectors at patches
+    ids_keep (zero elsewhere), or, with ids_keep None, at all L patches in order (the inverse of gather)."""
     patches = patches.contiguous()
     N, K, P = patches.shape
-    C = P // (p * p)
+    u, ph, pw = patch_size
+    C = P // (u * ph * pw)
     make = torch.zeros if ids_keep is not None else torch.empty
-    img = make(N, C, H, W, dtype=patches.dtype, device=patches.device)
-    _launch(True, patches, ids_keep, img, img, N, K, p)
+    img = make(N, C, *image_size, dtype=patches.dtype, device=patches.device)
+    _launch(True, patches, ids_keep, img, img, N, K, patch_size)
     return img

@@ -8,10 +8,11 @@
 
 namespace mae_kernels {
 
-// Entries whose in-patch offsets a block keeps in shared memory (16 KiB): P = 768 (p 16, C 3) and 588 (p 14).
+// Entries whose in-patch offsets a block keeps in shared memory (16 KiB): P = 768 (p 16, C 3), 588 (p 14) and
+// 1536 (tubelet 2x16x16, C 3).
 constexpr int64_t kPatchOffsetTable = 2048;
 
-// Copies between the image (strides in lay) and the patch vectors [N, K, P] (contiguous); ids: [N, K] int64 or
+// Copies between the image or video (strides in lay) and the patch vectors [N, K, P] (contiguous); ids: [N, K] int64 or
 // nullptr; div_K divides by K. kToImage false gathers (src: image, dst: patch vectors); true scatters (src: patch
 // vectors, dst: image; only the listed patches are written, nothing else).
 // The in-patch offset of each entry is computed once per block (a table in shared memory when P fits, else per
