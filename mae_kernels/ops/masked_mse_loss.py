@@ -140,7 +140,7 @@ def _check_frames(target_frames, imgs, u):
     if target_frames.numel() == 0 or target_frames.numel() % t != 0:
         raise ValueError(f"target_frames must hold u' frames for each of the t={t} tubelet positions (a multiple "
                          f"of {t} entries, at least {t}), got {target_frames.numel()}")
-    check_index_range("target_frames", target_frames, T, what="frame indices")
+    check_index_range("target_frames", target_frames, T, what="frame indices", bound="T = frames of imgs")
     return target_frames.numel() // t
 
 

@@ -188,6 +188,9 @@ def masked_mse_loss_backward(grad_loss, pred, imgs, mask, ids_rows, patch_size, 
                              per_token=False):
     """(grad_pred or empty, grad_imgs (contiguous) or empty) for the upstream gradient grad_loss (a scalar, or
     [N, L] when per_token)."""
+    if need_imgs and (target_frames is not None or pixel_norm is not None or per_channel):
+        raise RuntimeError("mae_kernels::masked_mse_loss_backward_triton: no imgs gradient with target_frames, "
+                           "pixel_norm or per_channel (the target is data there)")
     P = pred.shape[2]
     if per_token:
         mask = (mask * grad_loss.float()).contiguous()
