@@ -560,3 +560,38 @@ def test_spec_shape_mae_st_and_videomae():
     v = ((v - v.mean(2, keepdim=True)) / (v.var(2, keepdim=True).sqrt() + 1e-6)).reshape(1, Lf, 1536)
     want = ((pred.double() - v[bool_masked_pos].reshape(1, -1, 1536)) ** 2).mean()
     assert_close("VideoMAE loss at L=1568", got, want, fp32_tol(want))
+
+
+# --- GPU --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_video_modes(backend, dtype):
+    """Every mode on the GPU backends against the spec's float64 formulas, and opcheck of the cuda op."""
+    x = make_video(dtype).cuda()
+    bool_masked_pos = tube_mask().cuda()
+    ids = videomae_ids(bool_masked_pos)
+    pred = torch.randn(N, int(bool_masked_pos[0].sum().item()), 96, device="cuda").to(dtype)
+    got = run(backend, pred, x, bool_masked_pos, per_channel=True, ids_shuffle=ids, pixel_mean=IMAGENET_MEAN,
+              pixel_std=IMAGENET_STD)
+    check(got, fp64_grads(lambda p, v: videomae_loss64(p.cpu(), v.cpu(), bool_masked_pos.cpu()), pred, x), dtype,
+          backend)
+    frames = mae_kernels.mae_st_target_frames(T, T // 2, device="cuda")
+    mask = random_mask().cuda()
+    pred = torch.randn(N, L, 48, device="cuda").to(dtype)
+    got = run(backend, pred, x, mask, target_frames=frames)
+    check(got, fp64_grads(lambda p, v: mae_st_loss64(p.cpu(), v.cpu(), mask.cpu(), frames.cpu(), 1), pred, x),
+          dtype, backend)
+    up = torch.randn(N, L, device="cuda")
+    got = run(backend, pred, x, mask, upstream=up, target_frames=frames, reduction="none")
+    want = fp64_grads(lambda p, v: (_per_token64("mae_st", p.cpu(), v.cpu()) * mask.cpu().double()
+                                    * up.cpu().double()).sum(), pred, x)
+    assert_close("grad pred (none)", got[1], want[1],
+                 tolerance(want[1], dtype, backend, 1) + rounded_twice(want[1], up.cpu(), dtype))
+    if backend == "cuda":
+        for args, kw in op_samples("cuda"):
+            torch.library.opcheck(loss_ops.OPS["cuda"], args, kw)
+        for args, kw in backward_samples("cuda"):
+            torch.library.opcheck(loss_ops.BACKWARD_OPS["cuda"], args, kw)
