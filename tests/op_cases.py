@@ -359,6 +359,14 @@ def denormalize_pred_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
                 ref64=lambda pred, imgs: reference.denormalize_pred(pred, imgs, p))
 
 
+def video_patch_stats_case(N=2, C=3, t=2, h=2, w=3, u=2, p=2, dtype=torch.float32, seed=0):
+    """patch_stats on videos with VideoMAE's per-channel statistics of ImageNet-un-normalised pixels."""
+    imgs = _randn(_gen(seed), N, C, t * u, h * p, w * p, dtype=dtype)
+    kw = dict(per_channel=True, pixel_mean=IMAGENET[0], pixel_std=IMAGENET[1])
+    return Case("patch_stats", lambda imgs: mae_kernels.patch_stats(imgs, (u, p, p), **kw), dict(imgs=imgs),
+                grad=("imgs",), exact=False, ref64=lambda imgs: reference.patch_stats(imgs, (u, p, p), **kw))
+
+
 def all_cases(dtype=torch.float32, seed=0):
     """One small case of every public op (the ones with a gradient use it)."""
     return [
@@ -376,6 +384,7 @@ def all_cases(dtype=torch.float32, seed=0):
         video_mse_loss_case("mae_st", dtype=dtype, seed=seed, reduction="none", weighted=True),
         video_mse_loss_case("tubelet", dtype=dtype, seed=seed),
         patch_stats_case(dtype=dtype, seed=seed),
+        video_patch_stats_case(dtype=dtype, seed=seed),
         denormalize_pred_case(dtype=dtype, seed=seed),
     ]
 
