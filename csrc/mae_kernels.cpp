@@ -48,12 +48,18 @@ TORCH_LIBRARY(mae_kernels, m) {
   // 1 +), computed in fp32 and rounded once to out_dtype. Its backward is unshuffle_with_mask_tokens_backward.
   m.def("append_mask_tokens(Tensor x, Tensor mask_token, Tensor ids_keep, Tensor ids_dec, Tensor? pos_embed, "
         "bool has_cls, ScalarType out_dtype) -> Tensor");
-  // masked MSE loss (mask float32 [N, L]; pred row j is patch ids_rows[n, j], or patch j when ids_rows is None):
-  // (loss, d loss / d pred for grad_loss = 1, or empty); the backward op recomputes for imgs.
-  m.def("masked_mse_loss(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int patch_size, "
-        "bool norm_pix_loss, float eps, bool with_grad) -> (Tensor loss, Tensor grad_pred)");
+  // masked MSE loss (mask float32 [N, L], each token's loss weight; pred row j is token ids_rows[n, j], or token j
+  // when ids_rows is None; imgs [N, C, H, W] or [N, C, T, H, W]; patch_size [u, ph, pw], an int p broadcasts, u
+  // ignored for images; target_frames [t * u'] int64: the frames token ti targets; pixel_norm [2, C] float32: the
+  // target reads x * row 0 + row 1; per_channel: VideoMAE's per-patch-per-channel statistics; per_token: the loss
+  // is w * l per token, [N, L]): (loss, d loss / d pred for grad_loss = 1 (ones), or empty); the backward op
+  // recomputes for imgs. ops/masked_mse_loss.py documents the maths.
+  m.def("masked_mse_loss(Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, int[3] patch_size, "
+        "bool norm_pix_loss, float eps, bool with_grad, Tensor? target_frames=None, Tensor? pixel_norm=None, "
+        "bool per_channel=False, bool per_token=False) -> (Tensor loss, Tensor grad_pred)");
   m.def("masked_mse_loss_backward(Tensor grad_loss, Tensor pred, Tensor imgs, Tensor mask, Tensor? ids_rows, "
-        "int patch_size, bool norm_pix_loss, float eps, bool need_pred, bool need_imgs) -> "
+        "int[3] patch_size, bool norm_pix_loss, float eps, bool need_pred, bool need_imgs, "
+        "Tensor? target_frames=None, Tensor? pixel_norm=None, bool per_channel=False, bool per_token=False) -> "
         "(Tensor grad_pred, Tensor grad_imgs)");
 }
 

@@ -10,7 +10,7 @@ from .ops.masked_patchify import masked_patchify, patchify, unpatchify
 from .ops.masked_patch_embed import masked_patch_embed, random_masked_patch_embed
 from .ops.unshuffle_with_mask_tokens import unshuffle_with_mask_tokens
 from .ops.append_mask_tokens import append_mask_tokens
-from .ops.masked_mse_loss import denormalize_pred, masked_mse_loss, patch_stats
+from .ops.masked_mse_loss import denormalize_pred, mae_st_target_frames, masked_mse_loss, patch_stats
 from .integrations.auto import apply, unapply
 from . import decoder_masking  # noqa: F401  (mae_kernels.decoder_masking: dual masking's decoder masks)
 
@@ -18,4 +18,5 @@ __version__ = "0.1.0"
 
 __all__ = ["BackendUnavailable", "use_backend", "random_masking", "random_mask_indices", "tube_mask_indices", "mask_to_indices",
            "patchify", "unpatchify", "masked_patchify", "masked_patch_embed", "random_masked_patch_embed",
-           "unshuffle_with_mask_tokens", "append_mask_tokens", "masked_mse_loss", "patch_stats", "denormalize_pred", "apply", "unapply"]
+           "unshuffle_with_mask_tokens", "append_mask_tokens", "masked_mse_loss", "mae_st_target_frames",
+           "patch_stats", "denormalize_pred", "apply", "unapply"]

@@ -167,30 +167,84 @@ def append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed=None, has_cls
     return out
 
 
-def patch_stats(imgs, patch_size, eps=1e-6):
-    """Per-patch mean and std (unbiased variance, eps inside the sqrt) of the target, fp32: ([N, L, 1], [N, L, 1])."""
-    target = patchify(imgs, patch_size).float()
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return mean, (var + eps) ** 0.5
+def mae_st_target_frames(num_frames, pred_t_dim, device=None):
+    """mae_st's target frames: torch.linspace(0, T - 1, pred_t_dim).long() (float32 linspace, truncation), e.g.
+    T=16, pred_t_dim=8 -> [0, 2, 4, 6, 8, 10, 12, 15]. As `target_frames` of the loss ops, token (ti, hi, wi)
+    targets frames idx[ti*u' + a], a < u' = pred_t_dim // t (MAE_SPEC_VIDEO.md, mae_st "Target")."""
+    return torch.linspace(0, num_frames - 1, pred_t_dim, dtype=torch.float32, device=device).long()
 
 
-def denormalize_pred(pred, imgs, patch_size, eps=1e-6):
+def _pixels(imgs, dtype, pixel_mean=None, pixel_std=None):
+    """imgs in `dtype`, un-normalised per channel (x * std + mean) when pixel_mean / pixel_std are given."""
+    x = imgs.to(dtype)
+    if pixel_mean is None and pixel_std is None:
+        return x
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if pixel_std is not None:
+        x = x * torch.as_tensor(pixel_std, device=x.device).to(dtype).reshape(shape)
+    if pixel_mean is not None:
+        x = x + torch.as_tensor(pixel_mean, device=x.device).to(dtype).reshape(shape)
+    return x
+
+
+def target_patches(imgs, patch_size, target_frames=None, pixel_mean=None, pixel_std=None, dtype=None):
+    """The un-normalised loss target [N, L, u'*ph*pw*C] in `dtype` (default: fp32, fp64 for fp64 imgs): the
+    pixels (un-normalised with pixel_mean / pixel_std when given) patchified; with target_frames (int64 [t*u'])
+    token (ti, hi, wi) takes frames target_frames[ti*u' + a], a < u', instead of its own u frames."""
+    dtype = dtype or torch.promote_types(imgs.dtype, torch.float32)
+    u, ph, pw = patch_dims(patch_size)
+    x = _pixels(imgs, dtype, pixel_mean, pixel_std)
+    if target_frames is not None:
+        t = x.shape[2] // u
+        x = x[:, :, target_frames.to(x.device)]
+        u = target_frames.numel() // t
+    return patchify(x, (u, ph, pw) if imgs.dim() == 5 else (ph, pw))
+
+
+def _stats(target, C, eps, per_channel):
+    """(mean, denominator) of the target normalisation: over the whole patch, sqrt(unbiased var + eps) ([N, L, 1]),
+    or per channel over the patch's pixels, sqrt(unbiased var) + eps ([N, L, C], VideoMAE)."""
+    if per_channel:
+        v = target.reshape(*target.shape[:2], -1, C)
+        return v.mean(dim=-2), v.var(dim=-2).sqrt() + eps
+    return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + eps) ** 0.5
+
+
+def _normalize(target, mean, denom, C, per_channel, inverse=False):
+    if per_channel:
+        v = target.reshape(*target.shape[:2], -1, C)
+        v = v * denom[:, :, None] + mean[:, :, None] if inverse else (v - mean[:, :, None]) / denom[:, :, None]
+        return v.reshape(target.shape)
+    return target * denom + mean if inverse else (target - mean) / denom
+
+
+def patch_stats(imgs, patch_size, eps=1e-6, per_channel=False, target_frames=None, pixel_mean=None,
+                pixel_std=None):
+    """Per-patch mean and std of the target, fp32: ([N, L, 1], [N, L, 1]) with std = sqrt(unbiased var + eps);
+    per_channel (VideoMAE): ([N, L, C], [N, L, C]) with std = sqrt(unbiased var) + eps, over the patch's pixels of
+    each channel. target_frames / pixel_mean / pixel_std as in target_patches."""
+    target = target_patches(imgs, patch_size, target_frames, pixel_mean, pixel_std)
+    return _stats(target, imgs.shape[1], eps, per_channel)
+
+
+def denormalize_pred(pred, imgs, patch_size, eps=1e-6, per_channel=False, target_frames=None, pixel_mean=None,
+                     pixel_std=None):
     """Turn norm_pix_loss predictions back into pixel space (patch vectors) with the target's patch stats."""
-    mean, std = patch_stats(imgs, patch_size, eps)
-    return pred.float() * std + mean
+    mean, std = patch_stats(imgs, patch_size, eps, per_channel, target_frames, pixel_mean, pixel_std)
+    return _normalize(pred.float(), mean, std, imgs.shape[1], per_channel, inverse=True)
 
 
-def patch_mse(pred, imgs, patch_size, norm_pix_loss=True, eps=1e-6):
+def patch_mse(pred, imgs, patch_size, norm_pix_loss=True, eps=1e-6, per_channel=False, target_frames=None,
+              pixel_mean=None, pixel_std=None):
     """Per-patch MSE of the official forward_loss, [N, L] in fp32 (fp64 for fp64 inputs, so that tests have a
     float64 reference): ((pred - target) ** 2).mean(-1), the target normalised per patch (unbiased variance, eps
-    inside the sqrt) when norm_pix_loss. pred: [N, L, P]."""
+    inside the sqrt) when norm_pix_loss, or per patch and channel (eps added to the std) with per_channel.
+    pred: [N, L, P]. Video targets (target_frames, pixel_mean, pixel_std): see target_patches."""
     dtype = torch.promote_types(torch.promote_types(pred.dtype, imgs.dtype), torch.float32)  # fp64 stays fp64
-    target = patchify(imgs, patch_size).to(dtype)
+    target = target_patches(imgs, patch_size, target_frames, pixel_mean, pixel_std, dtype)
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + eps) ** 0.5
+        mean, denom = _stats(target, imgs.shape[1], eps, per_channel)
+        target = _normalize(target, mean, denom, imgs.shape[1], per_channel)
     loss = (pred.to(dtype) - target) ** 2
     return loss.mean(dim=-1)
 
@@ -205,10 +259,13 @@ def scatter_removed_pred(pred, ids_shuffle):
     return full.scatter(1, index, pred)
 
 
-def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6):
+def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6, weight=None, **target):
     """The official forward_loss: MSE on removed patches (mask == 1), against per-patch normalised pixels
     when norm_pix_loss. pred: [N, L, P]; mask: [N, L]. Computed in fp32 (as autocast's promotion does).
-    A mask without removed patches gives NaN (0 / 0), as in the official code."""
-    loss = patch_mse(pred, imgs, patch_size, norm_pix_loss, eps)
+    A mask without removed patches gives NaN (0 / 0), as in the official code. weight [N, L]: sum(l * w * m) /
+    sum(w * m). `target`: per_channel, target_frames, pixel_mean, pixel_std of patch_mse (the video losses)."""
+    loss = patch_mse(pred, imgs, patch_size, norm_pix_loss, eps, **target)
     mask = mask.to(loss.dtype)
+    if weight is not None:
+        mask = mask * weight.to(loss.dtype)
     return (loss * mask).sum() / mask.sum()

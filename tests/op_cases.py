@@ -410,6 +410,44 @@ def masked_mse_loss_case(N=2, C=3, h=2, w=3, p=2, K=2, dtype=torch.float32, img_
                 grad=("pred", "imgs"), exact=False)
 
 
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def video_mse_loss_case(mode="videomae", N=2, C=3, t=2, h=2, w=3, u=2, p=2, dtype=torch.float32, K=2,
+                        reduction="mean", weighted=False, seed=0):
+    """masked_mse_loss on videos [N, C, t*u, h*p, w*p] (MAE_SPEC_VIDEO.md). mode "videomae": per-channel target on
+    ImageNet-un-normalised pixels, predictions of the removed tokens only (ids_shuffle); "mae_st": all-channel
+    target from mae_st's linspace frames (one per token), predictions for all L tokens; "tubelet": the image rule on
+    tubelets, with the imgs gradient. reduction / weighted: per-token losses, per-token weights."""
+    g = _gen(seed)
+    L = t * h * w
+    imgs = _randn(g, N, C, t * u, h * p, w * p, dtype=dtype)
+    ids_shuffle = _ids(g, N, L)
+    mask = torch.ones(N, L).scatter(1, ids_shuffle[:, :K], 0.0)
+    weight = torch.rand(N, L, generator=g).to(dtype) + 0.5 if weighted else None
+    kw = {}
+    if mode == "videomae":
+        kw = dict(per_channel=True, pixel_mean=IMAGENET[0], pixel_std=IMAGENET[1])
+    elif mode == "mae_st":
+        kw = dict(target_frames=reference.mae_st_target_frames(t * u, t))
+    P = (1 if mode == "mae_st" else u) * p * p * C
+    pred = _randn(g, N, L - K if mode == "videomae" else L, P, dtype=dtype)
+    ids = ids_shuffle if mode == "videomae" else None
+
+    def fn(pred, imgs, mask, ids_shuffle, weight):
+        return mae_kernels.masked_mse_loss(pred, imgs, mask, (u, p, p), ids_shuffle=ids_shuffle,
+                                           reduction=reduction, weight=weight, **kw)
+
+    def ref64(pred, imgs, mask, ids_shuffle, weight):
+        frames = kw.get("target_frames")
+        norm = None if mode != "videomae" else torch.tensor(IMAGENET[::-1], dtype=torch.float64)
+        return masked_mse_loss_reference(pred, imgs, mask, (u, p, p), True, 1e-6, ids_shuffle, mode == "videomae",
+                                         frames, norm, reduction, weight)
+    return Case("masked_mse_loss", fn, ref64=ref64,
+                inputs=dict(pred=pred, imgs=imgs, mask=mask, ids_shuffle=ids, weight=weight),
+                grad=("pred", "imgs") if mode == "tubelet" else ("pred",), exact=False)
+
+
 def patch_stats_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
     imgs = _images(_gen(seed), N, C, h, w, p, dtype)
     # Reductions by torch on the tensors' device (every backend runs the reference maths): not bit-exact on a GPU.
@@ -424,6 +462,14 @@ def denormalize_pred_case(N=2, C=3, h=2, w=3, p=2, dtype=torch.float32, seed=0):
     return Case("denormalize_pred", lambda pred, imgs: mae_kernels.denormalize_pred(pred, imgs, p),
                 dict(pred=pred, imgs=imgs), grad=("pred", "imgs"), exact=False,
                 ref64=lambda pred, imgs: reference.denormalize_pred(pred, imgs, p))
+
+
+def video_patch_stats_case(N=2, C=3, t=2, h=2, w=3, u=2, p=2, dtype=torch.float32, seed=0):
+    """patch_stats on videos with VideoMAE's per-channel statistics of ImageNet-un-normalised pixels."""
+    imgs = _randn(_gen(seed), N, C, t * u, h * p, w * p, dtype=dtype)
+    kw = dict(per_channel=True, pixel_mean=IMAGENET[0], pixel_std=IMAGENET[1])
+    return Case("patch_stats", lambda imgs: mae_kernels.patch_stats(imgs, (u, p, p), **kw), dict(imgs=imgs),
+                grad=("imgs",), exact=False, ref64=lambda imgs: reference.patch_stats(imgs, (u, p, p), **kw))
 
 
 def all_cases(dtype=torch.float32, seed=0):
@@ -442,7 +488,11 @@ def all_cases(dtype=torch.float32, seed=0):
         append_mask_tokens_case(dtype=dtype, seed=seed),
         masked_mse_loss_case(dtype=dtype, seed=seed),
         masked_mse_loss_case(dtype=dtype, seed=seed, removed_only=True),
+        video_mse_loss_case("videomae", dtype=dtype, seed=seed),
+        video_mse_loss_case("mae_st", dtype=dtype, seed=seed, reduction="none", weighted=True),
+        video_mse_loss_case("tubelet", dtype=dtype, seed=seed),
         patch_stats_case(dtype=dtype, seed=seed),
+        video_patch_stats_case(dtype=dtype, seed=seed),
         denormalize_pred_case(dtype=dtype, seed=seed),
     ] + video_cases(dtype=dtype, seed=seed)
 
@@ -464,6 +514,8 @@ def gpu_cases():
         append_mask_tokens_case(N=32, L=1568, K=160, M=784, D=384, dtype=torch.bfloat16),
         masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49),
         masked_mse_loss_case(N=32, C=3, h=14, w=14, p=16, K=49, removed_only=True, dtype=torch.bfloat16),
+        video_mse_loss_case("videomae", N=4, t=8, h=14, w=14, p=16, K=160, dtype=torch.bfloat16),
+        video_mse_loss_case("mae_st", N=4, t=8, h=14, w=14, p=16, K=156, reduction="none", weighted=True),
         patch_stats_case(N=8, C=3, h=14, w=14, p=16),
         denormalize_pred_case(N=8, C=3, h=14, w=14, p=16),
         # the spec's clip (16 x 224 x 224, 2x16x16 tubelets, L = 1568, 156 kept)

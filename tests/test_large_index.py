@@ -195,7 +195,7 @@ def test_cpu_cases_cover_every_public_op_but_the_drawn_masks():
     # random_mask_indices and tube_mask_indices take no tensor but noise (float32; covered on the GPU below,
     # where their [N, L] index outputs themselves pass 2**31 elements).
     ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend", "apply", "unapply",
-                                         "random_mask_indices", "tube_mask_indices"}
+                                         "random_mask_indices", "tube_mask_indices", "mae_st_target_frames"}
     assert set(_cpu_cases()) == ops
 
 

@@ -50,6 +50,14 @@ def _good_video(op):
     raise AssertionError(op)
 
 
+def _video_loss(**kw):
+    """masked_mse_loss arguments for videos [N, C, 4, H, W] with tubelets (2, P_SIZE, P_SIZE), updated by kw."""
+    args = dict(imgs=torch.randn(N, C, 4, H, W), pred=torch.randn(N, 2 * L, 2 * P), mask=torch.ones(N, 2 * L),
+                patch_size=(2, P_SIZE, P_SIZE), ids_shuffle=None)
+    args.update(kw)
+    return args
+
+
 def _good(op):
     """Keyword arguments of a valid call of `op` ("<op> video": on videos)."""
     if op.endswith(" video"):
@@ -276,7 +284,7 @@ CASES = [
     ("masked_mse_loss", "pred", lambda a: meta(a["pred"]), ValueError, r"pred must be on cpu .*got meta"),
     ("masked_mse_loss", "pred", lambda a: a["pred"].tolist(), TypeError, r"pred must be a torch.Tensor"),
     ("masked_mse_loss", "imgs", lambda a: a["imgs"].long(), TypeError, r"imgs must have dtype .*got torch.int64"),
-    ("masked_mse_loss", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions, got 3"),
+    ("masked_mse_loss", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions \[N, C, H, W\] or 5 \[N, C, T, H, W\], got 3"),
     ("masked_mse_loss", "mask", lambda a: a["mask"][:, :-1], ValueError, r"mask must have shape \[2, 12\], got \(2, 11\)"),
     ("masked_mse_loss", "mask", lambda a: a["mask"].long(), TypeError, r"mask must have dtype .*got torch.int64"),
     ("masked_mse_loss", "mask", lambda a: meta(a["mask"]), ValueError, r"mask must be on cpu .*got meta"),
@@ -293,11 +301,31 @@ CASES = [
     ("masked_mse_loss", "ids_shuffle", lambda a: a["ids_shuffle"] + L, ValueError,
      r"ids_shuffle values must be patch indices in \[0, 12\).*got values in \[\d+, \d+\]"),
     ("masked_mse_loss", "ids_shuffle", lambda a: None, ValueError, r"pred must have L=12 rows .*when ids_shuffle is None, got 9"),
+    # masked_mse_loss: the video options (videos [2, 3, 4, 8, 6] with tubelets 2x2x2: L=24, P=24)
+    ("masked_mse_loss", "patch_size", lambda a: _video_loss(patch_size=2), TypeError, r"patch_size must be a triple \(u, ph, pw\) .* got 2"),
+    ("masked_mse_loss", "per_channel", lambda a: 1, TypeError, r"per_channel must be a bool, got int"),
+    ("masked_mse_loss", "per_channel", lambda a: dict(per_channel=True, norm_pix_loss=False), ValueError, r"per_channel=True .* needs norm_pix_loss=True"),
+    ("masked_mse_loss", "reduction", lambda a: "sum", ValueError, r"reduction must be one of \('mean', 'none'\), got 'sum'"),
+    ("masked_mse_loss", "weight", lambda a: a["mask"][:, :-1], ValueError, r"weight must have shape \[2, 12\], got \(2, 11\)"),
+    ("masked_mse_loss", "weight", lambda a: a["mask"].long(), TypeError, r"weight must have dtype .*got torch.int64"),
+    ("masked_mse_loss", "weight", lambda a: meta(a["mask"]), ValueError, r"weight must be on cpu .*got meta"),
+    ("masked_mse_loss", "pixel_mean", lambda a: (0.5, 0.5), ValueError, r"pixel_mean must have 1 or C=3 values \(one per channel\), got 2"),
+    ("masked_mse_loss", "pixel_std", lambda a: "imagenet", TypeError, r"pixel_std must be a float, a sequence of C=3 floats or a tensor of C values, got str"),
+    ("masked_mse_loss", "target_frames", lambda a: torch.arange(2), ValueError, r"target_frames selects frames of videos .* imgs must have 5 dimensions, got 4"),
+    ("masked_mse_loss", "target_frames", lambda a: _video_loss(target_frames=torch.arange(2).int()), TypeError, r"target_frames must have dtype torch.int64, got torch.int32"),
+    ("masked_mse_loss", "target_frames", lambda a: _video_loss(target_frames=torch.arange(3)), ValueError, r"target_frames must hold u' frames for each of the t=2 tubelet positions .*got 3"),
+    ("masked_mse_loss", "target_frames", lambda a: _video_loss(target_frames=torch.tensor([0, 4])), ValueError, r"target_frames values must be frame indices in \[0, 4\) \(T = frames of imgs\), got values in \[0, 4\]"),
+    ("masked_mse_loss", "target_frames", lambda a: _video_loss(target_frames=meta(torch.arange(2))), ValueError, r"target_frames must be on cpu .*got meta"),
+    ("masked_mse_loss", "pred", lambda a: _video_loss(target_frames=torch.arange(2)), ValueError, r"pred must have shape \[N=2, L=24 .*P=u'\*ph\*pw\*C \(u' = target frames per token\)=12\], got \(2, 24, 24\)"),
+    ("masked_mse_loss", "imgs", lambda a: _video_loss(imgs=torch.randn(N, C, 4, H, W).requires_grad_(), per_channel=True), ValueError, r"imgs requires grad, but the gradient with respect to imgs exists only for .* pass imgs.detach\(\)"),
     # patch_stats, denormalize_pred
     ("patch_stats", "imgs", lambda a: a["imgs"][0], ValueError, r"imgs must have 4 dimensions"),
     ("patch_stats", "imgs", lambda a: a["imgs"].long(), TypeError, r"imgs must have dtype"),
     ("patch_stats", "patch_size", lambda a: 5, ValueError, r"imgs: image size 8x6 must be divisible by patch_size=5"),
     ("patch_stats", "eps", lambda a: -1e-6, ValueError, r"eps must be a non-negative float"),
+    ("patch_stats", "per_channel", lambda a: "yes", TypeError, r"per_channel must be a bool, got str"),
+    ("patch_stats", "target_frames", lambda a: torch.arange(2), ValueError, r"target_frames selects frames of videos"),
+    ("denormalize_pred", "pixel_mean", lambda a: torch.zeros(2), ValueError, r"pixel_mean must have 1 or C=3 values"),
     ("denormalize_pred", "pred", lambda a: a["pred"][:, :1], ValueError, r"pred must have shape \[2, 12, 12\], got \(2, 1, 12\)"),
     ("denormalize_pred", "pred", lambda a: a["pred"].double(), TypeError, r"pred must have dtype"),
     ("denormalize_pred", "pred", lambda a: meta(a["pred"]), ValueError, r"pred must be on cpu .*got meta"),
@@ -351,7 +379,7 @@ VARIANTS = sorted({c[0] for c in CASES})  # ops and their "<op> video" forms
 
 
 def test_every_public_op_has_cases():
-    ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend", "apply", "unapply"}
+    ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend", "apply", "unapply", "mae_st_target_frames"}
     assert ops == set(PUBLIC_OPS), ops ^ set(PUBLIC_OPS)
 
 

@@ -135,9 +135,9 @@ def cuda_graph_capturing(t):
     return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def check_index_range(name, ids, L, what="patch indices"):
+def check_index_range(name, ids, L, what="patch indices", bound="L = number of patches"):
     """Values of ids in [0, L): always (one host sync in eager mode, an async assert under torch.compile or while
-    a CUDA graph is captured)."""
+    a CUDA graph is captured). `bound` says what L is in the error."""
     if not _has_data(ids):
         return
     if torch.compiler.is_compiling() or cuda_graph_capturing(ids):
@@ -145,7 +145,7 @@ def check_index_range(name, ids, L, what="patch indices"):
         return
     lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one device-to-host copy
     if lo < 0 or hi >= L:
-        raise ValueError(f"{name} values must be {what} in [0, {L}) (L = number of patches), "
+        raise ValueError(f"{name} values must be {what} in [0, {L}) ({bound}), "
                          f"got values in [{lo}, {hi}]")
 
 

@@ -298,6 +298,27 @@ def scenarios():
                                     lambda args=args, p=p, norm=norm, need_pred=need_pred, need_imgs=need_imgs:
                                     mse.masked_mse_loss_backward(_m(), *args(), p, norm, 1e-6, need_pred,
                                                                  need_imgs)))
+    # masked_mse_loss on videos (16 frames at 224, tubelets 2x16x16, L=1568, ratio 0.9): VideoMAE (per-channel
+    # target on un-normalised pixels, the 1408 masked rows, P=1536, mean or per-token), mae_st (linspace target
+    # frames, one per token, all rows, P=768) and the image rule on tubelets with the imgs gradient.
+    video = (2, 16, 16)
+    for dtype in ALL:
+        vargs = lambda dtype=dtype: (_m(32, 1408, 1536, dtype=dtype), _m(32, 3, 16, 224, 224, dtype=dtype),
+                                     _m(32, 1568), _m(32, 1408, dtype=torch.int64))
+        for per_token in (False, True):
+            out.append((f"masked_mse_loss forward video VideoMAE {dtype} P=1536 per_token={per_token}",
+                        lambda vargs=vargs, per_token=per_token: mse.masked_mse_loss_forward(
+                            *vargs(), video, True, 1e-6, True, None, _m(2, 3), True, per_token)))
+        out.append((f"masked_mse_loss backward video VideoMAE {dtype} P=1536",
+                    lambda vargs=vargs: mse.masked_mse_loss_backward(
+                        _m(), *vargs(), video, True, 1e-6, True, False, None, _m(2, 3), True, False)))
+        out.append((f"masked_mse_loss forward video mae_st {dtype} P=768",
+                    lambda dtype=dtype: mse.masked_mse_loss_forward(
+                        _m(32, 1568, 768, dtype=dtype), _m(32, 3, 16, 224, 224, dtype=dtype), _m(32, 1568), None,
+                        video, True, 1e-6, True, _m(8, dtype=torch.int64))))
+        out.append((f"masked_mse_loss backward video tubelet {dtype} P=1536 pred+imgs",
+                    lambda vargs=vargs: mse.masked_mse_loss_backward(
+                        _m(), *vargs(), video, True, 1e-6, True, True)))
     out += _edge_scenarios(rm, pf, pe, un, mse)
     out += _video_mask_scenarios()
     return out

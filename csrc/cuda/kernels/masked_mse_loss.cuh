@@ -1,6 +1,8 @@
-// Torch-free CUDA kernel of the masked MSE loss: one block per prediction row (a patch). The target patch is
-// read straight from imgs by strides; rows with mask weight 0 read nothing. Passes over the row (re-reads hit
-// L1/L2): mean, centred squares (two-pass variance), loss + gradients, then the imgs gradient when asked.
+// Torch-free CUDA kernel of the masked MSE loss: one block per prediction row (a token). The target patch is
+// read straight from imgs [N, C, H, W] or videos [N, C, T, H, W] by strides (a frame table picks the target frames
+// of mae_st; pixel_norm un-normalises VideoMAE's input); rows with mask weight 0 read nothing. Passes over the
+// row (re-reads hit L1/L2): mean, centred squares (two-pass variance), loss + gradients, then the imgs gradient
+// when asked; with per-channel statistics (VideoMAE) the first three passes run once per channel.
 // Two one-block kernels frame it: the gradient scale (from mask.sum()) before, the loss total after.
 // The maths is in mae_kernels/triton/masked_mse_loss.py's docstring. All reductions are block-local and
 // deterministic (one partial per row, summed afterwards).
@@ -28,13 +30,31 @@ __device__ __forceinline__ float block_sum(float v, Shared shared) {
   return total;
 }
 
-// Offset in imgs of patch-vector element i = (pr * p + pc) * C + c of the patch at (y0, x0) of sample n.
-__device__ __forceinline__ int64_t src_offset(const MseLossGeometry& g, int64_t n, int64_t y0, int64_t x0,
-                                              int64_t i, int64_t* dst) {
-  int64_t c, pc;
-  const int64_t pr = g.div_p.divmod(g.div_C.divmod(i, &c), &pc);
-  *dst = ((n * g.C + c) * g.H + y0 + pr) * g.W + x0 + pc;  // in a contiguous [N, C, H, W] gradient
-  return n * g.s_n + c * g.s_c + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
+// The place of token l's target: its tubelet row ti and the patch corner (y0, x0).
+struct TokenPlace {
+  int64_t n, ti, y0, x0;
+};
+
+// Offset in imgs of patch-vector element i = ((a * ph + pr) * pw + pc) * C + c of the token at `at` (frame
+// g.frames[ti * ut + a] with a frame table, else ti * u + a); *dst: its place in a contiguous imgs-shaped gradient,
+// *channel: c.
+__device__ __forceinline__ int64_t src_offset(const MseLossGeometry& g, const TokenPlace& at, int64_t i,
+                                              int64_t* dst, int64_t* channel) {
+  int64_t c, pc, pr;
+  const int64_t a = g.div_ph.divmod(g.div_pw.divmod(g.div_C.divmod(i, &c), &pc), &pr);
+  const int64_t f = g.frames != nullptr ? g.frames[at.ti * g.ut + a] : at.ti * g.u + a;
+  *dst = (((at.n * g.C + c) * g.T + f) * g.H + at.y0 + pr) * g.W + at.x0 + pc;
+  *channel = c;
+  return at.n * g.s_n + c * g.s_c + f * g.s_t + (at.y0 + pr) * g.s_h + (at.x0 + pc) * g.s_w;
+}
+
+// Target pixel of element i in fp32, un-normalised (x * std[c] + mean[c]) when g.pixel_norm is set.
+template <typename img_t>
+__device__ __forceinline__ float load_target(const MseLossGeometry& g, const img_t* __restrict__ imgs,
+                                             const TokenPlace& at, int64_t i, int64_t* dst) {
+  int64_t c;
+  const float x = static_cast<float>(imgs[src_offset(g, at, i, dst, &c)]);
+  return g.pixel_norm != nullptr ? x * g.pixel_norm[c] + g.pixel_norm[g.C + c] : x;
 }
 
 // scale[0] = 2 * grad_loss / (P * sum(mask)), 0 when the sum is 0 (grad_loss: [1] float32, or null for 1).
@@ -66,11 +86,12 @@ __global__ void __launch_bounds__(kThreads) masked_mse_total_kernel(const float*
   if (threadIdx.x == 0) loss[0] = total * (scale[0] * 0.5f);
 }
 
-// pred: [N, R, P] strides (g.pred_sn, g.pred_sr, 1); imgs: [N, C, H, W] strided; mask: [N, L] float32; ids:
-// [N, R] int64 strides (g.ids_sn, 1) or null (row j is patch j); scale: [1] float32, 2 * grad_loss /
-// (P * mask.sum()) or 0 (masked_mse_scale_kernel).
-// Outputs (each may be null): partial [N * R] float32; grad_pred [N, R, P] contiguous; grad_imgs [N, C, H, W]
-// contiguous, zero-filled. Grid: N * R blocks of kThreads threads.
+// pred: [N, R, P] strides (g.pred_sn, g.pred_sr, 1); imgs: [N, C, T, H, W] strided (images: T = 1); mask: [N, L]
+// float32 (each token's loss weight); ids: [N, R] int64 strides (g.ids_sn, 1) or null (row j is token j); scale:
+// [1] float32, 2 * grad_loss / (P * mask.sum()) or 0 (masked_mse_scale_kernel), or 2 / P for per-token losses.
+// Outputs (each may be null): partial [N * R] float32; grad_pred [N, R, P] contiguous; grad_imgs [N, C, T, H, W]
+// contiguous, zero-filled (all-channel or raw target of the tubelet's own frames only). Grid: N * R blocks of
+// kThreads threads.
 template <typename pred_t, typename img_t, int kThreads>
 __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
     MseLossGeometry g, const pred_t* __restrict__ pred, const img_t* __restrict__ imgs,
@@ -92,28 +113,62 @@ __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
     }
     return;
   }
-  int64_t grid_x;
-  const int64_t y0 = g.div_w_patches.divmod(l, &grid_x) * g.p, x0 = grid_x * g.p;
+  int64_t s, grid_x;
+  TokenPlace at;
+  at.n = n;
+  at.ti = g.div_hw.divmod(l, &s);
+  at.y0 = g.div_w_patches.divmod(s, &grid_x) * g.ph;
+  at.x0 = grid_x * g.pw;
   int64_t dst;
+  const float gscale = w * *scale_ptr;
+  float loss = 0.0f;
+  if (g.norm && g.per_channel) {
+    // Channel by channel over its Q = P / C elements i = k * C + c: (v - mean) / (sqrt(unbiased var) + eps).
+    const int64_t C = g.C, Q = g.div_C.div(P);
+#pragma unroll 1
+    for (int64_t c = 0; c < C; ++c) {
+      const float shift = load_target(g, imgs, at, c, &dst);  // exact sums for large offsets
+      float sum = 0.0f;
+#pragma unroll 1
+      for (int64_t k = threadIdx.x; k < Q; k += kThreads) sum += load_target(g, imgs, at, k * C + c, &dst) - shift;
+      const float mean = shift + block_sum<kThreads>(sum, shared) / static_cast<float>(Q);
+      float sq = 0.0f;
+#pragma unroll 1
+      for (int64_t k = threadIdx.x; k < Q; k += kThreads) {
+        const float xc = load_target(g, imgs, at, k * C + c, &dst) - mean;
+        sq += xc * xc;
+      }
+      const float denom = sqrtf(block_sum<kThreads>(sq, shared) / static_cast<float>(Q - 1)) + g.eps;
+#pragma unroll 1
+      for (int64_t k = threadIdx.x; k < Q; k += kThreads) {
+        const int64_t i = k * C + c;
+        const float diff = static_cast<float>(y[i]) - (load_target(g, imgs, at, i, &dst) - mean) / denom;
+        loss += diff * diff;
+        if (grad_pred != nullptr) grad_pred[row * P + i] = static_cast<pred_t>(diff * gscale);
+      }
+    }
+    if (partial != nullptr) {
+      loss = block_sum<kThreads>(loss, shared);
+      if (threadIdx.x == 0) partial[row] = w * loss;
+    }
+    return;
+  }
   float mean = 0.0f, std_ = 1.0f;
   if (g.norm) {
-    const float shift = static_cast<float>(imgs[src_offset(g, n, y0, x0, 0, &dst)]);  // exact for large offsets
-    float s = 0.0f;
-    for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-      s += static_cast<float>(imgs[src_offset(g, n, y0, x0, i, &dst)]) - shift;
-    }
-    mean = shift + block_sum<kThreads>(s, shared) / static_cast<float>(P);
+    const float shift = load_target(g, imgs, at, 0, &dst);  // exact for large offsets
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < P; i += kThreads) sum += load_target(g, imgs, at, i, &dst) - shift;
+    mean = shift + block_sum<kThreads>(sum, shared) / static_cast<float>(P);
     float sq = 0.0f;
     for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-      const float xc = static_cast<float>(imgs[src_offset(g, n, y0, x0, i, &dst)]) - mean;
+      const float xc = load_target(g, imgs, at, i, &dst) - mean;
       sq += xc * xc;
     }
     std_ = sqrtf(block_sum<kThreads>(sq, shared) / static_cast<float>(P - 1) + g.eps);
   }
-  const float gscale = w * *scale_ptr;
-  float loss = 0.0f, sum_d = 0.0f, sum_dt = 0.0f;
+  float sum_d = 0.0f, sum_dt = 0.0f;
   for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-    const float x = static_cast<float>(imgs[src_offset(g, n, y0, x0, i, &dst)]);
+    const float x = load_target(g, imgs, at, i, &dst);
     const float t = g.norm ? (x - mean) / std_ : x;
     const float diff = static_cast<float>(y[i]) - t;
     loss += diff * diff;
@@ -132,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) masked_mse_rows_kernel(
     const float mean_d = block_sum<kThreads>(sum_d, shared) / static_cast<float>(P);
     const float dt = block_sum<kThreads>(sum_dt, shared) / static_cast<float>(P - 1);
     for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-      const float x = static_cast<float>(imgs[src_offset(g, n, y0, x0, i, &dst)]);
+      const float x = load_target(g, imgs, at, i, &dst);
       const float t = (x - mean) / std_;
       const float d = -(static_cast<float>(y[i]) - t) * gscale;
       grad_imgs[dst] = static_cast<img_t>((d - mean_d - t * dt) / std_);
