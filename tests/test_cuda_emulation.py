@@ -30,7 +30,7 @@ _NOT_EMULATED = ["test_cuda_emulation.py", "test_triton_compile.py", "test_cuda_
                  "test_build_config.py",
                  # whole training runs (100 steps, torch.compile) of the ops the suites above already cover: minutes
                  # in the emulator for no kernel path the op suites miss
-                 "test_convergence.py", "test_official.py"]
+                 "test_convergence.py", "test_official.py", "test_pretrain.py", "test_video_model.py"]
 _ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0"  # fibers switch stacks: no fake stacks
 
 
