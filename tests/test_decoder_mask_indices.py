@@ -90,7 +90,9 @@ def test_dual_masking_counts(backend, device):
 def test_seeded(backend, device, mask_type):
     def draw(**kw):
         with use_backend(backend):
-            return decoder_mask_indices(16, 2, 4, 4, 0.5, mask_type=mask_type, device=device, **kw)
+            # random: N = 3 (the interpreter sorts slowly); run_cell: N = 16 (4**-16 for equal draws)
+            return decoder_mask_indices(3 if mask_type == "random" else 16, 2, 4, 4, 0.5, mask_type=mask_type,
+                                        device=device, **kw)
     torch.manual_seed(1)
     a, b = draw(), draw()
     torch.manual_seed(1)
