@@ -68,6 +68,41 @@ def tube_mask_indices(N, t, hw, mask_ratio, noise=None, generator=None, device=N
     return mask_to_indices(tube_mask(N, t, hw, mask_ratio, noise), t * (hw - m))
 
 
+def running_cell_maps(t, h, w, mask_ratio):
+    """VideoMAEv2's RunningCellMaskingGenerator.all_mask_maps as bool [4, t, h*w] (True = NOT decoded), built as
+    its code does: a cell queue [1]*m + [0]*(4 - m), m = int(4 * mask_ratio); for start k the pointer runs to
+    k + ti + 1 before frame ti reads the queue at (arange(4) + pointer) % 4, reshaped 2x2 and tiled over
+    (h // 2, w // 2). h and w must be even (v2 silently builds a map of the wrong size otherwise)."""
+    m = int(4 * mask_ratio)
+    queue = torch.tensor([1] * m + [0] * (4 - m), dtype=torch.bool)
+    maps = []
+    for k in range(4):
+        frames = []
+        ptr = k
+        for _ in range(t):
+            ptr += 1
+            unit = queue[(torch.arange(4) + ptr) % 4].reshape(2, 2)
+            frames.append(unit.repeat(h // 2, w // 2).reshape(h * w))
+        maps.append(torch.stack(frames))
+    return torch.stack(maps)
+
+
+def decoder_mask_indices(N, t, h, w, mask_ratio, mask_type="run_cell", start=None, noise=None, generator=None,
+                         device=None):
+    """VideoMAEv2 decoder masks as indices: (ids_dec [N, n_dec] int64, the decoder-visible positions ascending;
+    ids_restore [N, L] int64; mask [N, L] float32, 1 = not decoded), L = t*h*w. run_cell: sample n's map is
+    running_cell_maps(...)[start[n]], start [N] in 0..3 (default torch.randint(4)); random: int(mask_ratio * L)
+    positions not decoded, uniformly (tube_mask_indices with t = 1 over all L positions, noise [N, L])."""
+    L = t * h * w
+    if mask_type == "random":
+        return tube_mask_indices(N, 1, L, mask_ratio, noise, generator, device)
+    if start is None:
+        start = torch.randint(0, 4, (N,), device=device, generator=generator)
+    maps = running_cell_maps(t, h, w, mask_ratio).to(start.device)
+    n_dec = L - t * h * w * int(4 * mask_ratio) // 4
+    return mask_to_indices(maps[start].reshape(N, L), n_dec)
+
+
 def random_masking(x, mask_ratio, noise=None, generator=None):
     """The official random_masking: (x_masked [N, K, D], mask [N, L] float32, ids_restore [N, L] int64)."""
     N, L, D = x.shape

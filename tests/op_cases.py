@@ -224,6 +224,18 @@ def mask_to_indices_case(N=2, L=12, K=4, seed=0, given=True, strided=False):
                 dict(bool_mask=bool_mask))
 
 
+def decoder_mask_indices_case(N=2, t=3, h=2, w=4, ratio=0.5, mask_type="run_cell", seed=0):
+    """VideoMAEv2 decoder masks: run_cell with given starts, or random with given noise."""
+    g = _gen(seed)
+    start = torch.randint(0, 4, (N,), generator=g)
+    noise = torch.rand(N, t * h * w, generator=g)
+
+    def fn(start, noise):
+        kw = dict(start=start) if mask_type == "run_cell" else dict(noise=noise)
+        return mae_kernels.decoder_mask_indices(N, t, h, w, ratio, mask_type=mask_type, **kw)
+    return Case("decoder_mask_indices", fn, dict(start=start, noise=noise))
+
+
 def _images(g, N, C, h, w, p, dtype, channels_last=False):
     imgs = _randn(g, N, C, h * p, w * p, dtype=dtype)
     return imgs.contiguous(memory_format=torch.channels_last) if channels_last else imgs
@@ -479,6 +491,7 @@ def all_cases(dtype=torch.float32, seed=0):
         random_mask_indices_case(seed=seed),
         tube_mask_indices_case(seed=seed),
         mask_to_indices_case(seed=seed),
+        decoder_mask_indices_case(seed=seed),
         patchify_case(dtype=dtype, seed=seed),
         unpatchify_case(dtype=dtype, seed=seed),
         masked_patchify_case(dtype=dtype, seed=seed),
@@ -505,6 +518,7 @@ def gpu_cases():
         random_mask_indices_case(N=64, L=1568),
         tube_mask_indices_case(N=64, t=8, hw=196, ratio=0.9),
         mask_to_indices_case(N=64, L=1568, K=160),
+        decoder_mask_indices_case(N=64, t=8, h=14, w=14),
         patchify_case(N=8, C=3, h=14, w=10, p=16),
         unpatchify_case(N=8, C=3, h=14, w=10, p=16),
         masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),

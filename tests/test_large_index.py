@@ -193,9 +193,11 @@ def check_past_int32(fn, op, backend, args, big, grads, exact):
 
 def test_cpu_cases_cover_every_public_op_but_the_drawn_masks():
     # random_mask_indices and tube_mask_indices take no tensor but noise (float32; covered on the GPU below,
-    # where their [N, L] index outputs themselves pass 2**31 elements).
+    # where their [N, L] index outputs themselves pass 2**31 elements); decoder_mask_indices's indices come from
+    # tube_mask_indices and mask_to_indices (covered here and below), its maps from torch's elementwise ops.
     ops = set(mae_kernels.__all__) - {"BackendUnavailable", "use_backend", "apply", "unapply",
-                                         "random_mask_indices", "tube_mask_indices", "mae_st_target_frames"}
+                                         "random_mask_indices", "tube_mask_indices", "mae_st_target_frames",
+                                         "decoder_mask_indices"}
     assert set(_cpu_cases()) == ops
 
 

@@ -55,6 +55,8 @@ def _cases(device):
                                 noise=torch.rand(N, L, device=device)), ["x"], True),
         "random_mask_indices": (dict(N=N, L=L, mask_ratio=0.6, noise=torch.rand(N, L, device=device)), [], True),
         "tube_mask_indices": (dict(N=N, t=2, hw=L, mask_ratio=0.6, noise=torch.rand(N, L, device=device)), [], True),
+        "decoder_mask_indices": (dict(N=N, t=2, h=2, w=L // 2, mask_ratio=0.5, mask_type="random",
+                                      noise=torch.rand(N, L * 2, device=device)), [], True),
         "mask_to_indices": (dict(bool_mask=torch.ones(N, L, dtype=torch.bool, device=device).scatter(1, keep, False),
                                  num_kept=K), [], True),
         "patchify": (dict(imgs=imgs, patch_size=P_SIZE), ["imgs"], True),

@@ -66,6 +66,14 @@ def test_mask_to_indices(backend, device, N, L, fraction, seed, given_, strided)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@budget(10)
+@given(N=st.integers(1, 3), t=st.integers(1, 4), h=st.sampled_from([2, 4]), w=st.sampled_from([2, 6]),
+       ratio=st.sampled_from([0.25, 0.5, 0.75]), mask_type=st.sampled_from(["run_cell", "random"]), seed=seeds)
+def test_decoder_mask_indices(backend, device, N, t, h, w, ratio, mask_type, seed):
+    check(oc.decoder_mask_indices_case(N, t, h, w, ratio, mask_type, seed), backend, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @budget(40)
 @given(g=grids, dtype=dtypes, seed=seeds, channels_last=st.booleans())
 def test_patchify(backend, device, g, dtype, seed, channels_last):

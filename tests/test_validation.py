@@ -68,6 +68,9 @@ def _good(op):
         return dict(N=N, L=8, mask_ratio=0.5, noise=None, generator=None, device=None)
     if op == "tube_mask_indices":
         return dict(N=N, t=2, hw=6, mask_ratio=0.5, noise=None, generator=None, device=None)
+    if op == "decoder_mask_indices":
+        return dict(N=N, t=2, h=2, w=4, mask_ratio=0.5, mask_type="run_cell", start=None, noise=None, generator=None,
+                    device=None)
     if op == "mask_to_indices":
         return dict(bool_mask=torch.ones(N, L, dtype=torch.bool).scatter(1, _ids_keep(), False), num_kept=K)
     if op == "patchify":
@@ -214,6 +217,16 @@ CASES = [
     ("tube_mask_indices", "noise", lambda a: dict(noise=torch.rand(2, 6, device=META), device="cpu"), ValueError,
      r"noise must be on cpu .*got meta"),
     ("tube_mask_indices", "generator", lambda a: "seed", TypeError, r"generator must be a torch.Generator or None, got str"),
+    # decoder_mask_indices
+    ("decoder_mask_indices", "mask_type", lambda a: "tube", ValueError, r"mask_type must be one of \('run_cell', 'random'\), got 'tube'"),
+    ("decoder_mask_indices", "mask_ratio", lambda a: 0.1, ValueError, r"int\(4 \* mask_ratio\) in 1..3.*got mask_ratio=0.1"),
+    ("decoder_mask_indices", "h", lambda a: 3, ValueError, r"h and w must be even for running cells.*got h=3, w=4"),
+    ("decoder_mask_indices", "w", lambda a: 0, ValueError, r"w must be a positive int, got 0"),
+    ("decoder_mask_indices", "start", lambda a: torch.tensor([0, 1, 2]), ValueError, r"start must have shape \[2\], got \(3,\)"),
+    ("decoder_mask_indices", "start", lambda a: torch.tensor([0.0, 1.0]), TypeError, r"start must have dtype torch.int64"),
+    ("decoder_mask_indices", "start", lambda a: torch.tensor([0, 5]), RuntimeError, r"start values must be in 0..3"),
+    ("decoder_mask_indices", "noise", lambda a: torch.rand(2, 16), ValueError, r"noise is for mask_type='random'"),
+    ("decoder_mask_indices", "generator", lambda a: 1, TypeError, r"generator must be a torch.Generator or None, got int"),
     # mask_to_indices
     ("mask_to_indices", "bool_mask", lambda a: a["bool_mask"].float(), TypeError,
      r"bool_mask must have dtype torch.bool, got torch.float32"),

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 namespace mae_kernels {
 namespace {
 
@@ -12,7 +14,10 @@ namespace {
 // count is not K (rejected by the Python wrapper) still writes only inside the outputs.
 void mask_rows(const uint8_t* bool_mask, int64_t sn, int64_t sl, int64_t N, int64_t L, int64_t K,
                int64_t* ids_keep, int64_t* ids_restore, float* mask) {
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  // Rows of ~64K patches per task at least: a video batch (8 x 1568) is microseconds of work, less than waking
+  // the thread pool costs on a busy machine.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(L, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const uint8_t* row = bool_mask + n * sn;
       int64_t kept = 0, masked = 0;

@@ -18,7 +18,9 @@ namespace {
 void tube_rows(const float* noise, int64_t snn, int64_t snh, int64_t N, int64_t t, int64_t hw, int64_t m,
                int64_t* ids_keep, int64_t* ids_restore, float* mask) {
   const int64_t kh = hw - m, L = t * hw, K = t * kh;
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  // Samples of ~64K tokens per task at least (see mask_to_indices.cpp): small batches run on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(L, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> order(hw);
     std::vector<int64_t> rank(hw);  // rank among the kept positions (>= 0), or -1 - rank among the masked ones
     for (int64_t n = begin; n < end; ++n) {
