@@ -6,7 +6,8 @@ COMMANDS = {
     "info": ("mae_kernels.info", "versions, build, and which backends can run here (and why not)"),
     "bench": ("mae_kernels.benchmark.cli", "benchmark the ops against eager PyTorch and torch.compile"),
     "bench-step": ("mae_kernels.benchmark.step_cli", "benchmark whole training steps: fused, eager, torch.compile"),
-    "pretrain": ("mae_kernels.pretrain", "pre-train an MAE (default: a tiny one on embedded photographs)"),
+    "pretrain": ("mae_kernels.pretrain", "pre-train an MAE (default: a tiny one on embedded photographs; "
+                                         "--video: a video MAE on clips made from them)"),
 }
 
 

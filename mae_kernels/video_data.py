@@ -12,6 +12,7 @@
 Both return (clip [C, T, H, W] normalised with mae_st's mean 0.45 / std 0.225, seconds spent making it): the
 loader's own throughput is printed next to the training step's. Keys are epoch * len + i (data.ShardedSampler).
 """
+import functools
 import math
 import os
 import time
@@ -41,9 +42,10 @@ def denormalize_video(clip, mean=VIDEO_MEAN, std=VIDEO_STD):
     return (clip.float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)
 
 
+@functools.lru_cache(maxsize=4)  # decoding the photographs costs more than a tiny run's steps; nobody mutates them
 def photographs(max_side=256):
     """scikit-image's bundled photographs as [3, H, W] float32 in [0, 1] (grayscale ones as RGB, those this install
-    can load), the shorter side shrunk to max_side."""
+    can load), the shorter side shrunk to max_side. Cached: a tuple shared by every caller."""
     import numpy as np
     import skimage.data
 
@@ -64,7 +66,7 @@ def photographs(max_side=256):
         out.append(t)
     if not out:
         raise RuntimeError("no scikit-image sample photograph could be loaded; pass --data DIR (video files)")
-    return out
+    return tuple(out)
 
 
 def _render(photo, boxes, size):

@@ -43,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--batch-size", type=int, default=16, help="clips per process")
     p.add_argument("--accum-iter", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--warmup-epochs", type=float, default=1)
     p.add_argument("--blr", type=float, default=None,
                    help="base lr: lr = blr * effective batch / 256 (mae_st PRETRAIN.md 1.6e-3; the embedded demo, "
