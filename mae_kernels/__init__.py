@@ -13,7 +13,6 @@ from .ops.unshuffle_with_mask_tokens import unshuffle_with_mask_tokens
 from .ops.append_mask_tokens import append_mask_tokens
 from .ops.masked_mse_loss import denormalize_pred, mae_st_target_frames, masked_mse_loss, patch_stats
 from .integrations.auto import apply, unapply
-from . import decoder_masking  # noqa: F401  (mae_kernels.decoder_masking: dual masking's decoder masks)
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
-"""Dual masking (VideoMAE v2, ../shared/MAE_SPEC_VIDEO.md): the decoder mask generators against v2's rules, the
-spec's counts at 224 px / 16 frames, and MaskedAutoencoderViT's decoder_mask_ratio (0: the official model bit for
-bit; > 0: fused == eager, the loss == v2's formula restated here)."""
+"""Dual masking (VideoMAE v2, ../shared/MAE_SPEC_VIDEO.md) end to end: the spec's counts at 224 px / 16 frames
+through append_mask_tokens, and MaskedAutoencoderViT's decoder_mask_ratio (0: the official model bit for bit;
+> 0: fused == eager, the loss == v2's formula restated here). The generators: tests/test_decoder_mask_indices.py."""
 import copy
 
 import pytest
@@ -8,68 +8,11 @@ import torch
 
 import mae_kernels
 from mae_kernels import reference
-from mae_kernels.decoder_masking import (decoded_count, decoder_indices, decoder_mask, random_decoder_mask,
-                                         running_cell_mask)
 from mae_kernels.models.mae import MaskedAutoencoderViT
 
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def test_running_cell_follows_v2s_rotation_and_counts():
-    """Frame ti of a sample with start k uses [1, 1, 0, 0] rotated left by (k + ti + 1) mod 4 in every 2x2 cell
-    (start 0: [1,0,0,1], [0,0,1,1], [0,1,1,0], [1,1,0,0]); 98 of 196 undecoded per frame at 0.5; each position
-    decoded in exactly 2 of any 4 consecutive frames; every start drawn."""
-    N, t, h, w = 64, 8, 14, 14
-    m = running_cell_mask(N, t, h, w, 0.5, generator=_gen()).reshape(N, t, h, w)
-    queue = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
-    starts = set()
-    for n in range(N):
-        cell0 = m[n, 0, :2, :2].reshape(4)
-        k = next(k for k in range(4) if torch.equal(cell0, queue.roll(-(k + 1))))
-        starts.add(k)
-        for ti in range(t):
-            want = queue.roll(-((k + ti + 1) % 4)).reshape(2, 2).repeat(h // 2, w // 2)
-            assert torch.equal(m[n, ti], want), (n, ti)
-    assert starts == {0, 1, 2, 3}
-    assert (m.reshape(N, t, -1).sum(-1) == 98).all()
-    decoded = (~m).reshape(N, t, -1).int()
-    for t0 in range(t - 3):
-        assert (decoded[:, t0:t0 + 4].sum(1) == 2).all()
-    assert torch.equal(running_cell_mask(2, 1, 4, 4, 0.75, generator=_gen(3)).sum(1), torch.tensor([12, 12]))
-
-
-def test_generators_reproducible_and_checked():
-    a = running_cell_mask(4, 2, 4, 6, 0.5, generator=_gen(7))
-    assert torch.equal(a, running_cell_mask(4, 2, 4, 6, 0.5, generator=_gen(7)))
-    r = random_decoder_mask(5, 30, 0.4, generator=_gen(1))
-    assert torch.equal(r.sum(1), torch.full((5,), 12)) and torch.equal(r, random_decoder_mask(5, 30, 0.4,
-                                                                                             generator=_gen(1)))
-    with pytest.raises(ValueError, match=r"even token grid .*h=7, w=7"):
-        running_cell_mask(1, 1, 7, 7, 0.5)
-    with pytest.raises(ValueError, match=r"0 < int\(4 \* ratio\) < 4 .*ratio=0.1"):
-        running_cell_mask(1, 1, 2, 2, 0.1)
-    with pytest.raises(ValueError, match="decoder_mask_type must be one of"):
-        decoder_mask("cells", 1, 1, 2, 2, 0.5)
-
-
-def test_random_decoder_mask_is_uniform():
-    """Each position undecoded with frequency ratio over 4000 draws: 8 standard deviations of slack (p < 1e-14)."""
-    m = random_decoder_mask(4000, 10, 0.3, generator=_gen(2)).double().mean(0)
-    assert ((m - 0.3).abs() < 8 * (0.3 * 0.7 / 4000) ** 0.5).all(), m
-
-
-def test_decoder_indices_ascending_and_loss_order():
-    m = decoder_mask("run_cell", 3, 2, 4, 4, 0.5, generator=_gen(4))
-    M = decoded_count("run_cell", 2, 4, 4, 0.5)
-    ids_dec, ids_shuffle = decoder_indices(m, M)
-    assert M == 16 and ids_dec.shape == (3, 16)
-    for n in range(3):
-        assert ids_dec[n].tolist() == (~m[n]).nonzero()[:, 0].tolist()
-        assert sorted(ids_shuffle[n].tolist()) == list(range(32))
-    with pytest.raises(RuntimeError, match="decode num_decoded=15"):
-        decoder_indices(m, 15)
 
 
 def test_videomae_v2_counts_at_224_16_frames():
@@ -80,9 +23,9 @@ def test_videomae_v2_counts_at_224_16_frames():
     enc_masked = torch.ones(t, hw, dtype=torch.bool)
     enc_masked[:, visible] = False
     enc_masked = enc_masked.reshape(1, -1)
-    dec = running_cell_mask(1, t, 14, 14, 0.5, generator=_gen(6))
+    ids_dec, _, dec = mae_kernels.decoder_mask_indices(1, t, 14, 14, 0.5, generator=_gen(6))
+    dec = dec.bool()
     ids_keep = (~enc_masked).nonzero()[:, 1][None]
-    ids_dec, _ = decoder_indices(dec, decoded_count("run_cell", t, 14, 14, 0.5))
     out = mae_kernels.append_mask_tokens(torch.zeros(1, 160, 4), torch.zeros(1, 1, 4), ids_keep, ids_dec,
                                          torch.zeros(1, t * hw, 4))
     in_loss = int((enc_masked & ~dec).sum())
@@ -119,7 +62,8 @@ def test_dual_masking_fused_equals_eager_and_v2s_loss(kind):
     eager = copy.deepcopy(fused)
     eager.use_fused_ops = False
     imgs, noise = torch.randn(4, 3, 32, 32), torch.rand(4, 16)
-    dec, M = fused.sample_decoder_mask(4, "cpu", _gen(8))
+    ids_dec, _, dec = fused.sample_decoder_mask(4, "cpu", _gen(8))
+    dec, M = dec.bool(), ids_dec.shape[1]
     lf, pf, mask = fused(imgs, 0.75, noise, decoder_mask=dec)
     le, pe, _ = eager(imgs, 0.75, noise, decoder_mask=dec)
     assert pf.shape == (4, M, 192)
@@ -130,7 +74,7 @@ def test_dual_masking_fused_equals_eager_and_v2s_loss(kind):
     for (name, a), b in zip(fused.named_parameters(), eager.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
-    ids_dec = torch.stack([(~dec[n]).nonzero()[:, 0] for n in range(4)])
+    assert torch.equal(ids_dec, torch.stack([(~dec[n]).nonzero()[:, 0] for n in range(4)]))
     target = reference.patchify(imgs, 8).double().gather(1, ids_dec[..., None].expand(-1, -1, 192))
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     rows = ((pf.detach().double() - target) ** 2).mean(-1)

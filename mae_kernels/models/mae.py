@@ -10,7 +10,7 @@ mask-token scatter (unshuffle_with_mask_tokens) and the masked loss (masked_mse_
 use_fused_ops=False: the official eager path (Conv2d on all patches, random_masking, cat/gather, forward_loss),
 from mae_kernels.reference. Both give the same loss and gradients for the same noise (up to summation order).
 
-decoder_mask_ratio > 0 (VideoMAE v2's dual masking, here for images; mae_kernels/decoder_masking.py): in training
+decoder_mask_ratio > 0 (VideoMAE v2's dual masking, here for images; ops/decoder_mask_indices.py): in training
 mode the decoder sees the encoder's tokens plus mask tokens at the decoded positions only (a running-cell or
 random decoder mask), and the loss covers the encoder-removed positions among them; in eval mode every position
 is decoded (as v2 reconstructs). decoder_mask_ratio 0 (the default) is the official model exactly.
@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from .. import reference
-from ..decoder_masking import DECODER_MASK_TYPES, decoded_count, decoder_indices, decoder_mask
+from ..ops.decoder_mask_indices import MASK_TYPES as DECODER_MASK_TYPES
+from ..ops.decoder_mask_indices import decoder_mask_indices
+from ..ops.mask_to_indices import mask_to_indices
 from . import fused
 from .pos_embed import sincos_2d
 from .vit import Block, PatchEmbed, to_2tuple
@@ -139,10 +141,11 @@ class MaskedAutoencoderViT(nn.Module):
         return reference.masked_mse_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss)
 
     def sample_decoder_mask(self, N, device, generator=None):
-        """A decoder mask for N images (bool [N, L], True = not decoded) and M, the decoded count per image."""
+        """A decoder mask for N images, as decoder_mask_indices returns it: (ids_dec [N, M], ids_restore [N, L],
+        mask [N, L] float32 with 1 = not decoded)."""
         h, w = self.grid_size
-        args = (self.decoder_mask_type, 1, h, w, self.decoder_mask_ratio)
-        return decoder_mask(args[0], N, *args[1:], generator=generator, device=device), decoded_count(*args)
+        return decoder_mask_indices(N, 1, h, w, self.decoder_mask_ratio, mask_type=self.decoder_mask_type,
+                                    generator=generator, device=device)
 
     def forward_decoder_subset(self, x, ids_keep, ids_dec):
         """Dual masking's decoder: the encoder tokens [N, 1 + K, D] (cls first, rows at positions ids_keep) and
@@ -160,21 +163,22 @@ class MaskedAutoencoderViT(nn.Module):
         = not decoded, or drawn in training mode when decoder_mask_ratio > 0), pred holds the predictions of the
         decoded positions only, in ascending position order, [N, M, p*p*C], and the loss is the mean over the
         encoder-removed positions among them (v2's batch-global weighting). A given decoder_mask's decoded count
-        is read from its first row (one host sync); every row must decode as many."""
+        is read from it (mask_to_indices: one host sync); every row must decode as many."""
         self._check_imgs(imgs)
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        num_decoded = None
         if decoder_mask is None and self.training and self.decoder_mask_ratio > 0:
-            decoder_mask, num_decoded = self.sample_decoder_mask(imgs.shape[0], imgs.device)
-        if decoder_mask is None:
+            ids_dec, ids_restore_dec, not_decoded = self.sample_decoder_mask(imgs.shape[0], imgs.device)
+        elif decoder_mask is not None:
+            ids_dec, ids_restore_dec, not_decoded = mask_to_indices(decoder_mask)  # decoded = "kept"
+        else:
             pred = self.forward_decoder(latent, ids_restore)
             return self.forward_loss(imgs, pred, mask), pred, mask
-        if num_decoded is None:
-            num_decoded = int((~decoder_mask[:1]).sum()) if decoder_mask.shape[0] else 0
-        ids_dec, ids_shuffle = decoder_indices(decoder_mask, num_decoded)
+        M = ids_dec.shape[1]
+        # masked_mse_loss reads pred row j as position ids_shuffle[:, L - M + j]: the decoded positions last.
+        ids_shuffle = torch.roll(torch.argsort(ids_restore_dec, dim=1), -M, dims=1)
         ids_keep = torch.argsort(ids_restore, dim=1)[:, :latent.shape[1] - 1]  # the encoder rows' positions
         pred = self.forward_decoder_subset(latent, ids_keep, ids_dec)
-        loss_mask = mask * (~decoder_mask).to(mask.dtype)  # encoder-removed and decoded
+        loss_mask = mask * (1 - not_decoded)  # encoder-removed and decoded
         if self.use_fused_ops:
             loss = fused.forward_loss(self, imgs, pred, loss_mask, ids_shuffle)
         else:

@@ -97,26 +97,12 @@ class Block(nn.Module):
 
 
 def target_frame_indices(num_frames, pred_t_dim):
-    """mae_st's target frames: torch.linspace(0, T - 1, pred_t_dim).long() (float32 on the CPU, truncated):
-    T=16, pred_t_dim=8 -> [0, 2, 4, 6, 8, 10, 12, 15]."""
-    return torch.linspace(0, num_frames - 1, pred_t_dim, device="cpu").long()
+    """mae_st's target frames: torch.linspace(0, T - 1, pred_t_dim).long() (float32, truncated):
+    T=16, pred_t_dim=8 -> [0, 2, 4, 6, 8, 10, 12, 15] (reference.mae_st_target_frames)."""
+    return reference.mae_st_target_frames(num_frames, pred_t_dim, device="cpu")
 
 
-def tube_mask_indices(N, t, hw, mask_ratio, noise=None, generator=None, device=None):
-    """VideoMAE's tube masking as indices: (ids_keep [N, t*k], ids_restore [N, L], mask [N, L] float32, 1 =
-    removed), L = t*hw. Per sample, int(mask_ratio * hw) spatial positions (the largest noise [N, hw]) are
-    masked at every temporal index, k = hw - int(mask_ratio * hw) kept per frame. Kept (and removed) tokens in
-    ascending token index, VideoMAE's x[~mask] order: ids_shuffle = argsort(mask, stable)."""
-    if noise is None:
-        noise = torch.rand(N, hw, device=device, generator=generator)
-    if noise.shape != (N, hw):
-        raise ValueError(f"noise for tube masking must have shape [N={N}, h*w={hw}], got {tuple(noise.shape)}")
-    keep_per_frame = hw - int(mask_ratio * hw)  # VideoMAE truncates the masked count
-    rank = torch.argsort(torch.argsort(noise, dim=1, stable=True), dim=1, stable=True)
-    mask = (rank >= keep_per_frame).to(torch.float32).repeat(1, t)  # mask[ti*hw + s] = mask_s[s]
-    ids_shuffle = torch.argsort(mask, dim=1, stable=True)
-    ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
-    return ids_shuffle[:, :t * keep_per_frame], ids_restore, mask
+tube_mask_indices = reference.tube_mask_indices  # VideoMAE's tube masking, eager (kept ids ascending)
 
 
 class VideoMaskedAutoencoderViT(nn.Module):
@@ -275,10 +261,14 @@ class VideoMaskedAutoencoderViT(nn.Module):
         """(latent [N, K, D] after the final norm, cls row dropped; mask [N, L]; ids_restore [N, L])."""
         N = x.shape[0]
         ids_keep, ids_restore, mask = self.mask_indices(N, mask_ratio, noise, x.device)
-        pos, pos_cls = self.encoder_pos()
         if self.use_fused_ops:
-            h = video_fused.embed_kept_tubelets(x, ids_keep, self.patch_embed.proj, pos)
+            table = ((self.pos_embed_spatial, self.pos_embed_temporal) if self.sep_pos_embed
+                     else self.pos_embed)  # [1, (1 +) L, D]: a cls row is skipped
+            h = video_fused.embed_kept_tubelets(x, ids_keep, self.patch_embed.proj, table)
+            pos_cls = (self.pos_embed_class if self.sep_pos_embed else self.pos_embed[:, :1]) if self.cls_embed \
+                else None
         else:  # mae_st: Conv3d over every tubelet, then the gathers of the kept tokens and of their pos
+            pos, pos_cls = self.encoder_pos()
             tokens = self.patch_embed(x)
             index = ids_keep.unsqueeze(-1).repeat(1, 1, tokens.shape[2])
             h = torch.gather(tokens, 1, index) + torch.gather(pos.expand(N, -1, -1), 1, index)
@@ -312,7 +302,8 @@ class VideoMaskedAutoencoderViT(nn.Module):
         normalised per patch with norm_pix_loss (unbiased variance, eps inside the sqrt), mean over the removed
         tokens. fp32 scalar."""
         if self.use_fused_ops:
-            return video_fused.loss(x, pred, mask, self.target_frames, self.target_patch_size, self.norm_pix_loss)
+            return video_fused.loss(x, pred, mask, self.target_frames, self.patch_embed.proj.kernel_size,
+                                    self.norm_pix_loss)
         target = torch.index_select(x, 2, self.target_frames)
         return reference.masked_mse_loss(pred, target, mask, self.target_patch_size,
                                          norm_pix_loss=bool(self.norm_pix_loss))
