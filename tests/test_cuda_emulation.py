@@ -20,8 +20,8 @@ EMULATION = TESTS / "cuda_emulation"
 # under AddressSanitizer (results that depend on the order reveal races in global memory). The forward run adds
 # the rest of the suite, less the files that run no compiled op in this process.
 _OP_SUITES = ["test_random_masking.py", "test_tube_mask_indices.py", "test_mask_to_indices.py", "test_patchify.py",
-              "test_masked_patch_embed.py", "test_unshuffle_with_mask_tokens.py", "test_append_mask_tokens.py",
-              "test_masked_mse_loss.py", "test_video_loss.py", "test_layouts.py",
+              "test_masked_patch_embed.py", "test_video_patch.py", "test_unshuffle_with_mask_tokens.py",
+              "test_append_mask_tokens.py", "test_masked_mse_loss.py", "test_video_loss.py", "test_layouts.py",
               "test_nonfinite.py", "test_properties.py", "test_determinism.py", "test_validation.py",
               "test_debug_mode.py"]
 _WHOLE_SUITE = ["."]

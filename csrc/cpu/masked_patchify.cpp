@@ -26,14 +26,19 @@ void copy_patches(const word* src, const int64_t* ids, PatchLayout lay, int64_t 
       const int64_t corner = lay.corner(n, ids ? ids[i] : k);  // the tubelet's first pixel, channel 0
       const word* from = src + (kToImage ? i * P : corner);
       word* to = dst + (kToImage ? corner : i * P);
-      int64_t j = 0;  // entry of the patch vector: (frame, p_row, p_col, c) order
+      // Entry ((a * ph + r) * pw + q) * C + c of the patch vector (channel fastest) is pixel (c, a, r, q). The
+      // loops walk each pixel row of a channel (pw elements, stride s_w: contiguous in [N, C, (T,) H, W]) rather
+      // than the vector's order, whose consecutive entries are a channel stride apart in the image.
       for (int64_t a = 0; a < lay.u; ++a)
         for (int64_t r = 0; r < lay.ph; ++r)
-          for (int64_t q = 0; q < lay.pw; ++q)
-            for (int64_t c = 0; c < lay.C; ++c, ++j) {
-              const int64_t pixel = a * lay.s_t + r * lay.s_h + q * lay.s_w + c * lay.s_c;
+          for (int64_t c = 0; c < lay.C; ++c) {
+            const int64_t row = a * lay.s_t + r * lay.s_h + c * lay.s_c;
+            const int64_t first = (a * lay.ph + r) * lay.pw * lay.C + c;
+            for (int64_t q = 0; q < lay.pw; ++q) {
+              const int64_t pixel = row + q * lay.s_w, j = first + q * lay.C;
               to[kToImage ? pixel : j] = from[kToImage ? j : pixel];
             }
+          }
     }
   });
 }
