@@ -23,7 +23,8 @@ import torch
 from . import video_data as vdata
 from .data import ShardedSampler
 from .models.video_mae import MASK_TYPES, VIDEO_MODELS
-from .pretrain import CHECKPOINT, NonFiniteLoss, init_distributed, lr_at, param_groups, save_checkpoint
+from .pretrain import (CHECKPOINT, NonFiniteLoss, full_state, init_distributed, load_full_state, lr_at,
+                       param_groups, save_checkpoint)
 
 
 def parse_args(argv):
@@ -141,8 +142,7 @@ def _train(args, device, rank, world):
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_full_state(model, optimizer, ckpt)
         state = {k: ckpt[k] for k in state}
         if is_main:
             print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
@@ -234,7 +234,7 @@ def _train(args, device, rank, world):
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, state, args)
+            save_checkpoint(ckpt_path, *full_state(model, optimizer, False), state, args)
             if epoch_losses:
                 with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
                     f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),

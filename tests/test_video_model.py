@@ -235,7 +235,7 @@ def test_tube_masking():
     loss, pred, mask = m(x, 0.9, noise)
     assert torch.equal(mask, tube_mask_indices(N, t, hw, 0.9, noise)[2])
     torch.testing.assert_close(loss, mae_st_loss(x, pred, mask, m.target_frames, 1, 4, True), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"noise for tube masking must have shape \[N=3, h\*w=16\]"):
+    with pytest.raises(ValueError, match=r"noise must have shape \[3, 16\], got \(3, 64\)"):
         m(x, 0.9, torch.rand(N, 64))
     with pytest.raises(ValueError, match="mask_type must be one of"):
         small(mask_type="block")
