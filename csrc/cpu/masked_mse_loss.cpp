@@ -42,6 +42,7 @@ template <typename pred_t, typename img_t>
 void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* imgs, const float* mask,
                      const int64_t* ids, float scale, float* partial, pred_t* grad_pred, img_t* grad_imgs) {
   const int64_t P = g.P, C = g.C, ph = g.ph, pw = g.pw, hw = (g.H / ph) * g.w_patches;
+  const float* pn = g.pixel_norm;  // [2, C] std and mean, or null
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> t(P);      // the (normalised) target, then the gradient for imgs
     for (int64_t row = begin; row < end; ++row) {
@@ -63,12 +64,13 @@ void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* 
         for (int64_t pr = 0; pr < ph; ++pr) {
           for (int64_t pc = 0; pc < pw; ++pc) {
             const img_t* pixel = imgs + n * g.s_n + f * g.s_t + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
-            for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]);
+            if (pn == nullptr) {
+              for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]);
+            } else {  // the model input un-normalised: x * std + mean per channel
+              for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]) * pn[c] + pn[C + c];
+            }
           }
         }
-      }
-      if (g.pixel_norm != nullptr) {  // the model input un-normalised: x * std + mean per channel
-        for (int64_t i = 0; i < P; ++i) t[i] = t[i] * g.pixel_norm[i % C] + g.pixel_norm[C + i % C];
       }
       float std_ = 1.0f;
       if (g.norm && g.per_channel) {
