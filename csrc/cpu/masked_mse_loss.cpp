@@ -45,6 +45,7 @@ void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* 
   const float* pn = g.pixel_norm;  // [2, C] std and mean, or null
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> t(P);      // the (normalised) target, then the gradient for imgs
+    std::vector<float> tc(g.per_channel ? P : 0);  // per-channel statistics: the target channel-major
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.R;
       const int64_t l = ids != nullptr ? ids[row] : row % g.R;
@@ -74,19 +75,25 @@ void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* 
       }
       float std_ = 1.0f;
       if (g.norm && g.per_channel) {
-        // per channel c over its Q = P / C values t[k * C + c]: (v - mean) / (sqrt(unbiased var) + eps)
+        // per channel c over its Q = P / C values t[k * C + c]: (v - mean) / (sqrt(unbiased var) + eps), on a
+        // channel-major copy (contiguous sums that vectorize; strided ones do not)
         const int64_t Q = P / C;
+        for (int64_t k = 0; k < Q; ++k) {
+          for (int64_t c = 0; c < C; ++c) tc[c * Q + k] = t[k * C + c];
+        }
         for (int64_t c = 0; c < C; ++c) {
-          const float shift = t[c];  // sums of shifted values: exact for large offsets
-          const float mean =
-              shift + lane_sum(Q, [&](int64_t k) { return t[k * C + c] - shift; }) / static_cast<float>(Q);
+          float* v = tc.data() + c * Q;
+          const float shift = v[0];  // sums of shifted values: exact for large offsets
+          const float mean = shift + lane_sum(Q, [&](int64_t k) { return v[k] - shift; }) / static_cast<float>(Q);
           const float sq = lane_sum(Q, [&](int64_t k) {
-            float& v = t[k * C + c];
-            v -= mean;
-            return v * v;
+            v[k] -= mean;
+            return v[k] * v[k];
           });
           const float denom = std::sqrt(sq / static_cast<float>(Q - 1)) + g.eps;
-          for (int64_t k = 0; k < Q; ++k) t[k * C + c] /= denom;
+          for (int64_t k = 0; k < Q; ++k) v[k] /= denom;
+        }
+        for (int64_t k = 0; k < Q; ++k) {
+          for (int64_t c = 0; c < C; ++c) t[k * C + c] = tc[c * Q + k];
         }
       } else if (g.norm) {
         const float shift = t[0];  // sums of shifted values: exact for large offsets
