@@ -42,8 +42,10 @@ template <typename pred_t, typename img_t>
 void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* imgs, const float* mask,
                      const int64_t* ids, float scale, float* partial, pred_t* grad_pred, img_t* grad_imgs) {
   const int64_t P = g.P, C = g.C, ph = g.ph, pw = g.pw, hw = (g.H / ph) * g.w_patches;
+  const float* pn = g.pixel_norm;  // [2, C] std and mean, or null
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> t(P);      // the (normalised) target, then the gradient for imgs
+    std::vector<float> tc(g.per_channel ? P : 0);  // per-channel statistics: the target channel-major
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.R;
       const int64_t l = ids != nullptr ? ids[row] : row % g.R;
@@ -63,28 +65,35 @@ void masked_mse_rows(const MseLossGeometry& g, const pred_t* pred, const img_t* 
         for (int64_t pr = 0; pr < ph; ++pr) {
           for (int64_t pc = 0; pc < pw; ++pc) {
             const img_t* pixel = imgs + n * g.s_n + f * g.s_t + (y0 + pr) * g.s_h + (x0 + pc) * g.s_w;
-            for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]);
+            if (pn == nullptr) {
+              for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]);
+            } else {  // the model input un-normalised: x * std + mean per channel
+              for (int64_t c = 0; c < C; ++c, ++i) t[i] = static_cast<float>(pixel[c * g.s_c]) * pn[c] + pn[C + c];
+            }
           }
         }
       }
-      if (g.pixel_norm != nullptr) {  // the model input un-normalised: x * std + mean per channel
-        for (int64_t i = 0; i < P; ++i) t[i] = t[i] * g.pixel_norm[i % C] + g.pixel_norm[C + i % C];
-      }
       float std_ = 1.0f;
       if (g.norm && g.per_channel) {
-        // per channel c over its Q = P / C values t[k * C + c]: (v - mean) / (sqrt(unbiased var) + eps)
+        // per channel c over its Q = P / C values t[k * C + c]: (v - mean) / (sqrt(unbiased var) + eps), on a
+        // channel-major copy (contiguous sums that vectorize; strided ones do not)
         const int64_t Q = P / C;
+        for (int64_t k = 0; k < Q; ++k) {
+          for (int64_t c = 0; c < C; ++c) tc[c * Q + k] = t[k * C + c];
+        }
         for (int64_t c = 0; c < C; ++c) {
-          const float shift = t[c];  // sums of shifted values: exact for large offsets
-          const float mean =
-              shift + lane_sum(Q, [&](int64_t k) { return t[k * C + c] - shift; }) / static_cast<float>(Q);
+          float* v = tc.data() + c * Q;
+          const float shift = v[0];  // sums of shifted values: exact for large offsets
+          const float mean = shift + lane_sum(Q, [&](int64_t k) { return v[k] - shift; }) / static_cast<float>(Q);
           const float sq = lane_sum(Q, [&](int64_t k) {
-            float& v = t[k * C + c];
-            v -= mean;
-            return v * v;
+            v[k] -= mean;
+            return v[k] * v[k];
           });
           const float denom = std::sqrt(sq / static_cast<float>(Q - 1)) + g.eps;
-          for (int64_t k = 0; k < Q; ++k) t[k * C + c] /= denom;
+          for (int64_t k = 0; k < Q; ++k) v[k] /= denom;
+        }
+        for (int64_t k = 0; k < Q; ++k) {
+          for (int64_t c = 0; c < C; ++c) t[k * C + c] = tc[c * Q + k];
         }
       } else if (g.norm) {
         const float shift = t[0];  // sums of shifted values: exact for large offsets
