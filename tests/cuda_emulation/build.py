@@ -80,10 +80,12 @@ def load(verbose=False):
     import mae_kernels  # noqa: F401  (its own CPU kernels first: the emulated ones replace them)
 
     build = ROOT / "build" / "cuda_emulation"
-    srcs = sources(build / "csrc")
     # MAE_KERNELS_EMU_ASAN=1: AddressSanitizer on the emulated code (global-memory bounds; the process must run
-    # with libasan preloaded, as tests/test_cuda_emulation.py does).
+    # with libasan preloaded, as tests/test_cuda_emulation_asan.py does). Each variant rewrites the sources into
+    # its own folder: the two runs may build at the same time.
     asan = os.environ.get("MAE_KERNELS_EMU_ASAN") == "1"
+    csrc = build / ("csrc-asan" if asan else "csrc")
+    srcs = sources(csrc)
     lib = build / ("lib-asan" if asan else "lib")
     lib.mkdir(parents=True, exist_ok=True)
     flags = ["-O1", "-include", str(HERE / "stubs" / "emu_host.h")]
@@ -93,6 +95,6 @@ def load(verbose=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cpp.load(name="mae_kernels_cuda_emulation" + ("_asan" if asan else ""), sources=srcs,
-                 build_directory=str(lib), extra_include_paths=[str(HERE / "stubs"), str(HERE), str(build / "csrc")],
+                 build_directory=str(lib), extra_include_paths=[str(HERE / "stubs"), str(HERE), str(csrc)],
                  extra_cflags=flags, extra_ldflags=["-fsanitize=address"] if asan else [],
                  is_python_module=False, verbose=verbose)
