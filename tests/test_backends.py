@@ -69,7 +69,7 @@ def test_triton_op_on_cpu_tensors_without_interpreter_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(mae_kernels.BackendUnavailable, match="patchify_triton on CPU tensors: CPU tensors need the "
                                                               "Triton interpreter"):
-        torch.ops.mae_kernels.patchify_triton(torch.zeros(1, 3, 4, 4), 2)
+        torch.ops.mae_kernels.patchify_triton(torch.zeros(1, 3, 4, 4), [1, 2, 2])
 
 
 def test_op_without_backend_reports_each_reason():

@@ -27,9 +27,12 @@ _WHOLE_SUITE = ["."]
 _NOT_EMULATED = ["test_cuda_emulation.py", "test_cuda_emulation_asan.py", "test_triton_compile.py", "test_cuda_resources.py", "test_ddp.py",
                  "test_run_tests_parallel.py", "test_bench_step.py", "test_benchmark_harness.py",
                  "test_build_config.py",
-                 # whole training runs (100 steps, torch.compile) of the ops the suites above already cover: minutes
-                 # in the emulator for no kernel path the op suites miss
-                 "test_convergence.py", "test_official.py", "test_pretrain.py", "test_video_model.py"]
+                 # whole models and training runs of the ops the op suites already cover, and suites that rerun
+                 # the op cases in subprocesses (thread counts, ISAs) or for CPU allocations: minutes in the emulator
+                 # for no kernel path the op suites miss
+                 "test_convergence.py", "test_official.py", "test_pretrain.py", "test_video_model.py",
+                 "test_model.py", "test_transformers.py", "test_decoder_masking.py", "test_mask_units.py",
+                 "test_determinism.py", "test_memory.py"]
 _ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0"  # fibers switch stacks: no fake stacks
 
 
