@@ -138,7 +138,9 @@ def _cpu_video_cases():
     f16 = torch.float16
     clip = torch.randn(N_VIEW, C, 4, H, W).to(f16)
     Lv = 2 * (H // P_SIZE) * (W // P_SIZE)
-    keep = torch.stack([torch.randperm(Lv)[:K] for _ in range(N_VIEW)])
+    vperm = torch.stack([torch.randperm(Lv) for _ in range(N_VIEW)])
+    keep = vperm[:, :K]
+    vmask = torch.ones(N_VIEW, Lv).scatter(1, keep, 0.0)
     weight = (torch.randn(D, C, 2, P_SIZE, P_SIZE) * 0.1).to(f16)
     bias = torch.randn(D).to(f16)
     return {
@@ -151,6 +153,15 @@ def _cpu_video_cases():
         "masked_patch_embed video separable": ("masked_patch_embed", dict(
             imgs=clip, ids_keep=keep, weight=weight, bias=bias,
             pos_embed=(torch.randn(1, Lv // 2, D).to(f16), torch.randn(1, 2, D).to(f16))), "imgs", ["imgs"], False),
+        # mae_st: one target frame per token (frames 0 and 3), all-channel statistics, all L predictions
+        "masked_mse_loss video mae_st": ("masked_mse_loss", dict(
+            pred=torch.randn(N_VIEW, Lv, P_SIZE * P_SIZE * C).to(f16), imgs=clip, mask=vmask,
+            patch_size=(2, P_SIZE, P_SIZE), target_frames=torch.tensor([0, 3])), "imgs", ["pred"], False),
+        # VideoMAE: per-channel statistics on un-normalised pixels, predictions of the removed tokens only
+        "masked_mse_loss video videomae": ("masked_mse_loss", dict(
+            pred=torch.randn(N_VIEW, Lv - K, 2 * P_SIZE * P_SIZE * C).to(f16), imgs=clip, mask=vmask,
+            patch_size=(2, P_SIZE, P_SIZE), ids_shuffle=vperm, per_channel=True, pixel_mean=(0.485, 0.456, 0.406),
+            pixel_std=(0.229, 0.224, 0.225)), "imgs", ["pred"], False),
     }
 
 
