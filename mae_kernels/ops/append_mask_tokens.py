@@ -16,6 +16,7 @@ from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
 from ._validate import FLOAT_DTYPES, check_bool, check_distinct_rows, check_index_range, check_tensor
 from .unshuffle_with_mask_tokens import BACKWARD_OPS as UNSHUFFLE_BACKWARD_OPS
+from .unshuffle_with_mask_tokens import output_dtypes
 
 _SCHEMA = ("(Tensor x, Tensor mask_token, Tensor ids_keep, Tensor ids_dec, Tensor? pos_embed, bool has_cls, "
            "ScalarType out_dtype) -> Tensor")
@@ -122,14 +123,9 @@ def append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed=None, has_cls
     and ids_dec must also hold distinct positions per row.
     """
     _validate(x, mask_token, ids_keep, ids_dec, pos_embed, has_cls, out_dtype)
-    promoted = torch.promote_types(x.dtype, mask_token.dtype)
-    if pos_embed is not None:
-        promoted = torch.promote_types(promoted, pos_embed.dtype)
-    if out_dtype is None:
-        out_dtype = promoted
+    out_dtype, op_dtype = output_dtypes(x, mask_token, pos_embed, out_dtype)
     backend = select(_NAME, x.device.type)
     if backend == "reference":
         return reference.append_mask_tokens(x, mask_token, ids_keep, ids_dec, pos_embed, has_cls).to(out_dtype)
-    op_dtype = out_dtype if promoted in (torch.float32, out_dtype) else promoted  # as unshuffle_with_mask_tokens
     out = OPS[backend](x, mask_token, ids_keep, ids_dec, pos_embed, has_cls, op_dtype)
     return out if op_dtype == out_dtype else out.to(out_dtype)

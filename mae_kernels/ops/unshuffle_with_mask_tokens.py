@@ -97,6 +97,19 @@ def _validate(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype):
     check_permutation_rows("ids_restore", ids_restore)  # MAE_KERNELS_DEBUG=1 only
 
 
+def output_dtypes(x, mask_token, pos_embed, out_dtype):
+    """(out_dtype, op_dtype) of the decoder-input ops: out_dtype defaults to cat's promotion of x, mask_token and
+    pos_embed. The kernels round once from fp32, which is the reference's result whenever the promoted dtype is
+    fp32 or the output dtype; otherwise (a low-precision promotion cast to another dtype) they write the promoted
+    dtype (op_dtype), cast afterwards."""
+    promoted = torch.promote_types(x.dtype, mask_token.dtype)
+    if pos_embed is not None:
+        promoted = torch.promote_types(promoted, pos_embed.dtype)
+    if out_dtype is None:
+        out_dtype = promoted
+    return out_dtype, (out_dtype if promoted in (torch.float32, out_dtype) else promoted)
+
+
 def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed=None, has_cls=True, out_dtype=None):
     """The MAE decoder input in one pass: mask tokens for the removed patches, unshuffled to the original order.
 
@@ -113,16 +126,9 @@ def unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed=None, has_c
     torch.compile); otherwise out-of-range ids read mask_token (never out of bounds).
     """
     _validate(x, mask_token, ids_restore, pos_embed, has_cls, out_dtype)
-    promoted = torch.promote_types(x.dtype, mask_token.dtype)
-    if pos_embed is not None:
-        promoted = torch.promote_types(promoted, pos_embed.dtype)
-    if out_dtype is None:
-        out_dtype = promoted
+    out_dtype, op_dtype = output_dtypes(x, mask_token, pos_embed, out_dtype)
     backend = select(_NAME, x.device.type)
     if backend == "reference":
         return reference.unshuffle_with_mask_tokens(x, mask_token, ids_restore, pos_embed, has_cls).to(out_dtype)
-    # The kernels round once from fp32: the reference's result whenever the promoted dtype is fp32 or the
-    # output dtype; otherwise (a low-precision promotion cast to another dtype) round to it first.
-    op_dtype = out_dtype if promoted in (torch.float32, out_dtype) else promoted
     out = OPS[backend](x, mask_token, ids_restore, pos_embed, has_cls, op_dtype)
     return out if op_dtype == out_dtype else out.to(out_dtype)
