@@ -29,8 +29,8 @@ when num_removed is given."""
 import torch
 
 from .. import reference
-from ._validate import FLOAT_DTYPES, check_int, check_mask_ratio, check_tensor
-from .mask_to_indices import _num_kept, mask_to_indices
+from ._validate import FLOAT_DTYPES, check_int, check_mask_ratio, check_tensor, cuda_graph_capturing
+from .mask_to_indices import mask_to_indices
 from .tube_mask_indices import tube_mask_indices
 
 MASK_TYPES = ("run_cell", "random")
@@ -103,9 +103,7 @@ def decoder_mask_indices(N, t, h, w, mask_ratio, mask_type="run_cell", start=Non
     if removed_scope:
         check_tensor("encoder_mask", encoder_mask, ndim=2, dtypes=FLOAT_DTYPES + (torch.bool,), device=device,
                      shape=(N, L))
-        # The removed count = L - the kept count of the encoder mask (True = removed, as mask_to_indices' input).
-        num_removed = L - _num_kept(encoder_mask.bool(), None if num_removed is None else L - _check_removed(
-            num_removed, L))
+        num_removed = _num_removed(encoder_mask, num_removed, L)
     if mask_type == "random":
         if start is not None:
             raise ValueError("start is for mask_type='run_cell'; mask_type='random' takes noise")
@@ -139,8 +137,25 @@ def decoder_mask_indices(N, t, h, w, mask_ratio, mask_type="run_cell", start=Non
     return _removed_scope(preferred, encoder_mask, noise, n_dec)
 
 
-def _check_removed(num_removed, L):
+def _num_removed(encoder_mask, num_removed, L):
+    """The removed count of every row of encoder_mask: read with one host sync when num_removed is None (not
+    under torch.compile or CUDA graph capture), else checked on the device (torch._assert_async)."""
+    counts = encoder_mask.bool().sum(1)
+    has_data = encoder_mask.shape[0] > 0 and encoder_mask.device.type != "meta"
+    if num_removed is None:
+        if torch.compiler.is_compiling() or cuda_graph_capturing(encoder_mask) or not has_data:
+            raise ValueError("num_removed must be given under torch.compile, CUDA graph capture or for an "
+                             "encoder_mask without data (the removed count sets the output shape)")
+        lo, hi = torch.stack(torch.aminmax(counts)).tolist()  # the one host sync
+        if lo != hi:
+            n = int((counts != counts[0]).nonzero()[0, 0])
+            raise ValueError(f"encoder_mask must remove the same number of positions in every row, got "
+                             f"{int(counts[0])} in row 0 and {int(counts[n])} in row {n}")
+        return lo
     check_int("num_removed", num_removed, minimum=0)
     if num_removed > L:
         raise ValueError(f"num_removed must be at most L = {L}, got {num_removed}")
+    if has_data:
+        torch._assert_async((counts == num_removed).all(),
+                            f"encoder_mask must remove num_removed = {num_removed} positions in every row")
     return num_removed
