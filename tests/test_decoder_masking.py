@@ -283,3 +283,29 @@ def test_video_bad_options():
     m = _video(decoder_mask_ratio=0.5)
     with pytest.raises(ValueError, match=r"decoder_mask must have shape \[2, 64\], got \(2, 63\)"):
         m(torch.randn(2, 3, 8, 16, 16), 0.75, decoder_mask=torch.zeros(2, 63, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_video_dual_masking_backends_equal_eager(backend):
+    """The fused dual-masking steps (decoder masks, append_mask_tokens, the loss over v2's token set with
+    mae_st's target frames) on the other CPU-capable backends (the tests above run cpu's; triton: its
+    interpreter) give the eager loss and grads."""
+    torch.manual_seed(4)
+    fused = _video(decoder_mask_ratio=0.5)
+    eager = copy.deepcopy(fused)
+    eager.use_fused_ops = False
+    x, noise = torch.randn(2, 3, 8, 16, 16), _noise(fused, 2, 5)
+    torch.manual_seed(6)
+    l1, p1, _ = eager(x, 0.75, noise)
+    l1.backward()
+    torch.manual_seed(6)
+    with mae_kernels.use_backend(backend):
+        l2, p2, _ = fused(x, 0.75, noise)
+        l2.backward()
+    assert p2.shape == (2, 32, 48)
+    torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    g1, g2 = _grads(eager), _grads(fused)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=lambda s, k=k: f"{k}: {s}")
