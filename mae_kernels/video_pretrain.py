@@ -2,7 +2,10 @@
 PRETRAIN.md's recommended run): an mae_st model (sep_pos_embed, cls_embed, t_patch_size 2), random masking over
 all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight decay 0.05 except biases and norms,
 lr = blr * effective batch / 256 with warmup then half-cycle cosine, optional gradient clipping, fp32 (mae_st
-uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model.
+uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model;
+--decoder-mask-ratio R (with --decoder-mask-type, --decoder-mask-scope: `mae-kernels pretrain`'s flags) VideoMAE
+v2's dual masking in training. Every epoch logs a held-out loss (the figure's clips, fixed encoder masks, every
+position decoded) that compares runs with different decoder masking.
 
 With no --data: a tiny video MAE (mae_st_vit_tiny: 8 frames of 64x64) trained for a few CPU minutes on clips
 synthesised from scikit-image's photographs (pans, zooms, a moving crop); writes a frames-grid reconstruction
