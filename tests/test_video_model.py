@@ -2,7 +2,8 @@
 MAE_SPEC_VIDEO.md, not read from the model) and a strict state_dict round trip; mae_st's formulas restated
 eagerly in this file (separable pos, encoder input in noise order, the decoder's own cls token, linspace target
 frames, unbiased norm_pix, the masked mean); fused == eager loss and every gradient; tube masking; compile;
-`mae-kernels pretrain --video` on the synthesised clips (resume included) and on a folder of video files."""
+`mae-kernels pretrain --video` on the synthesised clips (resume included; dual masking's flags) and on a folder of
+video files. The model's dual masking: tests/test_decoder_masking.py."""
 import os
 
 import pytest
