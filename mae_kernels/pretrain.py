@@ -45,9 +45,7 @@ def parse_args(argv):
     p.add_argument("--input-size", type=int, default=None, help="image side (default: 64 tiny, 224 otherwise)")
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--decoder-mask-ratio", type=float, default=0.0,
-                   help="dual masking (VideoMAE v2): the share of positions the decoder does not see in training")
-    p.add_argument("--decoder-mask-type", default="run_cell", choices=("run_cell", "random"))
+    add_decoder_mask_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--epochs", type=int, default=20)
@@ -87,11 +85,37 @@ def parse_args(argv):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.mask_ratio < 1:
         p.error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    check_decoder_mask_args(p, args)
     if args.blr is None:
         args.blr = 1.5e-4 if args.data else 2e-3
     if args.input_size is None:
         args.input_size = 64 if args.model == "mae_vit_tiny" else 224
     return args
+
+
+def add_decoder_mask_args(p):
+    """Dual masking's options (VideoMAE v2; models/dual_masking.py), shared by `pretrain` and `pretrain --video`."""
+    from .ops.decoder_mask_indices import MASK_TYPES, SCOPES
+
+    p.add_argument("--decoder-mask-ratio", type=float, default=0.0,
+                   help="dual masking (VideoMAE v2): the share of positions the decoder does not see in training "
+                        "(0: the decoder sees every position; v2's scripts: 0.5)")
+    p.add_argument("--decoder-mask-type", default="run_cell", choices=MASK_TYPES,
+                   help="run_cell: v2's running-cell maps (2x2 cells, rotating per frame); random: a uniform subset")
+    p.add_argument("--decoder-mask-scope", default="all", choices=SCOPES,
+                   help="all: v2's rule (mask tokens at every decoded position, encoder-visible ones included); "
+                        "removed: decode encoder-removed positions only (a shorter decoder sequence)")
+
+
+def check_decoder_mask_args(p, args):
+    if not 0 <= args.decoder_mask_ratio < 1:
+        p.error(f"--decoder-mask-ratio must be in [0, 1), got {args.decoder_mask_ratio}")
+
+
+def decoder_mask_kwargs(args):
+    """The model keywords of add_decoder_mask_args' options."""
+    return dict(decoder_mask_ratio=args.decoder_mask_ratio, decoder_mask_type=args.decoder_mask_type,
+                decoder_mask_scope=args.decoder_mask_scope)
 
 
 # Distributed set-up (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK).
@@ -272,8 +296,7 @@ def _train(args, device, rank, world):
     is_main = rank == 0
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP does not broadcast them, DDP does)
     model = MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
-                               use_fused_ops=args.fused, decoder_mask_ratio=args.decoder_mask_ratio,
-                               decoder_mask_type=args.decoder_mask_type).to(device)
+                               use_fused_ops=args.fused, **decoder_mask_kwargs(args)).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if args.fsdp:
         if world == 1:

@@ -88,19 +88,41 @@ def running_cell_maps(t, h, w, mask_ratio):
 
 
 def decoder_mask_indices(N, t, h, w, mask_ratio, mask_type="run_cell", start=None, noise=None, generator=None,
-                         device=None):
+                         device=None, scope="all", encoder_mask=None, num_removed=None):
     """VideoMAEv2 decoder masks as indices: (ids_dec [N, n_dec] int64, the decoder-visible positions ascending;
     ids_restore [N, L] int64; mask [N, L] float32, 1 = not decoded), L = t*h*w. run_cell: sample n's map is
     running_cell_maps(...)[start[n]], start [N] in 0..3 (default torch.randint(4)); random: int(mask_ratio * L)
-    positions not decoded, uniformly (tube_mask_indices with t = 1 over all L positions, noise [N, L])."""
+    positions not decoded, uniformly (tube_mask_indices with t = 1 over all L positions, noise [N, L]).
+    scope "removed": only encoder-removed positions (encoder_mask [N, L], 1 = removed) are decoded, n_rem - n_rem
+    * int(4 r) // 4 (run_cell) or n_rem - int(r * n_rem) (random) of them per sample: each row's removed positions
+    sorted by (not decoded by the run_cell map, noise, index), the first taken (a loop over samples)."""
     L = t * h * w
-    if mask_type == "random":
-        return tube_mask_indices(N, 1, L, mask_ratio, noise, generator, device)
-    if start is None:
-        start = torch.randint(0, 4, (N,), device=device, generator=generator)
-    maps = running_cell_maps(t, h, w, mask_ratio).to(start.device)
-    n_dec = L - t * h * w * int(4 * mask_ratio) // 4
-    return mask_to_indices(maps[start].reshape(N, L), n_dec)
+    if scope == "all":
+        if mask_type == "random":
+            return tube_mask_indices(N, 1, L, mask_ratio, noise, generator, device)
+        if start is None:
+            start = torch.randint(0, 4, (N,), device=device, generator=generator)
+        maps = running_cell_maps(t, h, w, mask_ratio).to(start.device)
+        n_dec = L - t * h * w * int(4 * mask_ratio) // 4
+        return mask_to_indices(maps[start].reshape(N, L), n_dec)
+    removed = encoder_mask.bool().cpu()
+    n_rem = int(removed[0].sum()) if num_removed is None else num_removed
+    if mask_type == "run_cell":
+        if start is None:
+            start = torch.randint(0, 4, (N,), device=device, generator=generator)
+        left_out = running_cell_maps(t, h, w, mask_ratio)[start.cpu()].reshape(N, L)
+        n_dec = n_rem - n_rem * int(4 * mask_ratio) // 4
+    else:
+        left_out = torch.zeros(N, L, dtype=torch.bool)
+        n_dec = n_rem - int(mask_ratio * n_rem)
+    if noise is None:
+        noise = torch.rand(N, L, device=device, generator=generator)
+    not_decoded = torch.ones(N, L, dtype=torch.bool)
+    for n in range(N):
+        rows = [l for l in range(L) if removed[n, l]]
+        rows.sort(key=lambda l: (bool(left_out[n, l]), float(noise[n, l]), l))
+        not_decoded[n, rows[:n_dec]] = False
+    return mask_to_indices(not_decoded.to(encoder_mask.device), n_dec)
 
 
 def random_masking(x, mask_ratio, noise=None, generator=None):

@@ -2,7 +2,10 @@
 PRETRAIN.md's recommended run): an mae_st model (sep_pos_embed, cls_embed, t_patch_size 2), random masking over
 all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight decay 0.05 except biases and norms,
 lr = blr * effective batch / 256 with warmup then half-cycle cosine, optional gradient clipping, fp32 (mae_st
-uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model.
+uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model;
+--decoder-mask-ratio R (with --decoder-mask-type, --decoder-mask-scope: `mae-kernels pretrain`'s flags) VideoMAE
+v2's dual masking in training. Every epoch logs a held-out loss (the figure's clips, fixed encoder masks, every
+position decoded) that compares runs with different decoder masking.
 
 With no --data: a tiny video MAE (mae_st_vit_tiny: 8 frames of 64x64) trained for a few CPU minutes on clips
 synthesised from scikit-image's photographs (pans, zooms, a moving crop); writes a frames-grid reconstruction
@@ -23,8 +26,9 @@ import torch
 from . import video_data as vdata
 from .data import ShardedSampler
 from .models.video_mae import MASK_TYPES, VIDEO_MODELS
-from .pretrain import (CHECKPOINT, NonFiniteLoss, full_state, init_distributed, load_full_state, lr_at,
-                       param_groups, save_checkpoint)
+from .pretrain import (CHECKPOINT, NonFiniteLoss, add_decoder_mask_args, check_decoder_mask_args,
+                       decoder_mask_kwargs, full_state, init_distributed, load_full_state, lr_at, param_groups,
+                       save_checkpoint)
 
 
 def parse_args(argv):
@@ -42,6 +46,7 @@ def parse_args(argv):
     p.add_argument("--mask-type", default="random", choices=MASK_TYPES,
                    help="random: mae_st (over all spacetime tokens); tube: VideoMAE (one spatial mask per clip)")
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    add_decoder_mask_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="clips per process")
     p.add_argument("--accum-iter", type=int, default=1)
     p.add_argument("--epochs", type=int, default=8)
@@ -73,6 +78,7 @@ def parse_args(argv):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.mask_ratio < 1:
         p.error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    check_decoder_mask_args(p, args)
     tiny = args.model == "mae_st_vit_tiny"
     if args.input_size is None:
         args.input_size = 64 if tiny else 224
@@ -89,7 +95,7 @@ def build_model(args):
     return VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
                                     t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
                                     norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
-                                    use_fused_ops=args.fused)
+                                    use_fused_ops=args.fused, **decoder_mask_kwargs(args))
 
 
 def build_data(args, rank, world):
@@ -109,6 +115,26 @@ def build_data(args, rank, world):
                                          num_workers=args.num_workers, drop_last=True,
                                          persistent_workers=args.num_workers > 0)
     return dataset, sampler, loader, what
+
+
+def heldout_noise(model, clips, seed):
+    """Fixed encoder-mask noise for `clips`: [N, h*w] with tube masking, [N, L] otherwise."""
+    t, h, w = model.input_size
+    n_noise = h * w if model.mask_type == "tube" else t * h * w
+    return torch.rand(clips.shape[0], n_noise, generator=torch.Generator().manual_seed(seed))
+
+
+def heldout_loss(model, clips, args, device, autocast):
+    """The loss on fixed clips (the figure's) with fixed encoder masks, every position decoded (eval mode): the
+    same masked tokens at every evaluation, whatever the training's decoder masking, so that runs with different
+    --decoder-mask-ratio compare on one measure (as `mae-kernels pretrain`)."""
+    noise = heldout_noise(model, clips, args.seed + 1).to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        loss = model(clips, mask_ratio=args.mask_ratio, noise=noise)[0].float().item()
+    model.train(was_training)
+    return loss
 
 
 def main(argv=None):
@@ -139,11 +165,11 @@ def _train(args, device, rank, world):
     dataset, sampler, loader, what = build_data(args, rank, world)
     steps_per_epoch = len(loader)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": [], "heldout_losses": []}
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
         load_full_state(model, optimizer, ckpt)
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, state[k]) for k in state}
         if is_main:
             print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
 
@@ -156,6 +182,7 @@ def _train(args, device, rank, world):
     autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16"
                 else contextlib.nullcontext)
 
+    heldout_clips = dataset.figure_clips(3).to(device)  # also the figure's clips
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path = os.path.join(args.output_dir, CHECKPOINT)
     T = args.num_frames
@@ -164,7 +191,7 @@ def _train(args, device, rank, world):
         t, h, w = model.input_size
         print(f"{args.model}: {n_params / 1e6:.2f}M trainable parameters, {T} frames of {args.input_size}px, "
               f"tubelets {args.t_patch_size}x{model.patch_size[0]}x{model.patch_size[1]} (L = {t}x{h}x{w} = "
-              f"{t * h * w}), {args.mask_type} masking {args.mask_ratio:.0%}, target frames "
+              f"{t * h * w}), {args.mask_type} masking {args.mask_ratio:.0%}{_dual_text(args)}, target frames "
               f"{model.target_frames.tolist()}, device {device}, {world} process(es), fused ops "
               f"{'on' if args.fused else 'off'}, autocast {args.amp}")
         print(f"data: {what}, effective batch {eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), "
@@ -233,12 +260,14 @@ def _train(args, device, rank, world):
                 break
         if state["step_in_epoch"] >= steps_per_epoch:
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        heldout = heldout_loss(model, heldout_clips, args, device, autocast)
+        state["heldout_losses"].append((state["global_step"], heldout))
         if is_main:
             save_checkpoint(ckpt_path, *full_state(model, optimizer, False), state, args)
             if epoch_losses:
                 with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
                     f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
-                                        "global_step": state["global_step"]}) + "\n")
+                                        "heldout_loss": heldout, "global_step": state["global_step"]}) + "\n")
     if bar is not None:
         bar.close()
     if world > 1:
@@ -254,22 +283,29 @@ def _train(args, device, rank, world):
         if args.figures:
             from .figures import save_loss_curve, save_video_reconstruction_figure
 
-            clips = dataset.figure_clips(3).to(device)
-            t, h, w = model.input_size
-            n_noise = h * w if args.mask_type == "tube" else t * h * w
-            noise = torch.rand(clips.shape[0], n_noise, generator=torch.Generator().manual_seed(args.seed))
-            recon = save_video_reconstruction_figure(model, clips, os.path.join(args.output_dir, "reconstruction.png"),
-                                                     args.mask_ratio, noise.to(device))
+            noise = heldout_noise(model, heldout_clips, args.seed)
+            recon = save_video_reconstruction_figure(model, heldout_clips, os.path.join(args.output_dir,
+                                                     "reconstruction.png"), args.mask_ratio, noise.to(device))
             curve = save_loss_curve(state["losses"], os.path.join(args.output_dir, "loss_curve.png"),
                                     title="video MAE pre-training loss")
             print(f"reconstruction figure: {recon}")
             print(f"loss curve: {curve}")
+        if state["heldout_losses"]:
+            step, value = state["heldout_losses"][-1]
+            print(f"held-out loss (fixed clips and masks, every position decoded): {value:.4f} at step {step}")
         if len(state["losses"]) >= 2:
             k = max(1, len(state["losses"]) // 10)
             first, last = state["losses"][:k], state["losses"][-k:]
             print(f"loss: {sum(first) / len(first):.4f} (first {k} steps) -> {sum(last) / len(last):.4f} "
                   f"(last {k} steps)")
     return 0
+
+
+def _dual_text(args):
+    if not args.decoder_mask_ratio:
+        return ""
+    return (f", decoder masking {args.decoder_mask_ratio:.0%} ({args.decoder_mask_type}, scope "
+            f"{args.decoder_mask_scope})")
 
 
 if __name__ == "__main__":

@@ -224,16 +224,22 @@ def mask_to_indices_case(N=2, L=12, K=4, seed=0, given=True, strided=False):
                 dict(bool_mask=bool_mask))
 
 
-def decoder_mask_indices_case(N=2, t=3, h=2, w=4, ratio=0.5, mask_type="run_cell", seed=0):
-    """VideoMAEv2 decoder masks: run_cell with given starts, or random with given noise."""
+def decoder_mask_indices_case(N=2, t=3, h=2, w=4, ratio=0.5, mask_type="run_cell", seed=0, scope="all"):
+    """VideoMAEv2 decoder masks: run_cell with given starts, or random with given noise; scope "removed": only
+    the positions a random encoder mask removes (L - L // 3 of them; noise the selection or the tie-break)."""
     g = _gen(seed)
+    L = t * h * w
     start = torch.randint(0, 4, (N,), generator=g)
-    noise = torch.rand(N, t * h * w, generator=g)
+    noise = torch.rand(N, L, generator=g)
+    n_rem = L - L // 3
+    encoder_mask = torch.zeros(N, L).scatter(1, torch.rand(N, L, generator=g).argsort(1)[:, :n_rem], 1.0)
 
-    def fn(start, noise):
+    def fn(start, noise, encoder_mask):
         kw = dict(start=start) if mask_type == "run_cell" else dict(noise=noise)
+        if scope == "removed":
+            kw.update(noise=noise, scope="removed", encoder_mask=encoder_mask, num_removed=n_rem)
         return mae_kernels.decoder_mask_indices(N, t, h, w, ratio, mask_type=mask_type, **kw)
-    return Case("decoder_mask_indices", fn, dict(start=start, noise=noise))
+    return Case("decoder_mask_indices", fn, dict(start=start, noise=noise, encoder_mask=encoder_mask))
 
 
 def _images(g, N, C, h, w, p, dtype, channels_last=False):
@@ -492,6 +498,7 @@ def all_cases(dtype=torch.float32, seed=0):
         tube_mask_indices_case(seed=seed),
         mask_to_indices_case(seed=seed),
         decoder_mask_indices_case(seed=seed),
+        decoder_mask_indices_case(seed=seed, scope="removed"),
         patchify_case(dtype=dtype, seed=seed),
         unpatchify_case(dtype=dtype, seed=seed),
         masked_patchify_case(dtype=dtype, seed=seed),
@@ -519,6 +526,7 @@ def gpu_cases():
         tube_mask_indices_case(N=64, t=8, hw=196, ratio=0.9),
         mask_to_indices_case(N=64, L=1568, K=160),
         decoder_mask_indices_case(N=64, t=8, h=14, w=14),
+        decoder_mask_indices_case(N=64, t=8, h=14, w=14, scope="removed"),
         patchify_case(N=8, C=3, h=14, w=10, p=16),
         unpatchify_case(N=8, C=3, h=14, w=10, p=16),
         masked_patchify_case(N=8, C=3, h=14, w=14, p=16, K=49),

@@ -1,7 +1,9 @@
 """decoder_mask_indices (VideoMAEv2 dual masking's decoder masks) on every backend: v2's running-cell maps exactly
 as its code builds them (reference.running_cell_maps, the spec's start-0 patterns, periods and counts), the
 combination with tube masking (160 / 784 / 944 / 704 / 80 at 224 px, 16 frames, r 0.9 and 0.5), uniform random
-decoder masks, torch's seeds, torch.compile and bad input."""
+decoder masks, torch's seeds, torch.compile and bad input; scope="removed" (encoder-removed positions only: the
+per-sample loop of the reference, v2's loss set with a tube mask, 864 decoder rows at v2's sizes; its
+torch.compile runs in the video model's test, tests/test_decoder_masking.py)."""
 import pytest
 import torch
 
@@ -155,3 +157,85 @@ def test_bad_input():
         decoder_mask_indices(0, 2, 4, 4, 0.5)
     with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\), got 1.0"):
         decoder_mask_indices(2, 2, 4, 4, 1.0)
+
+
+# --- scope="removed": only encoder-removed positions decoded -------------------------------------------------
+
+
+def _encoder_mask(kind, N, t, hw, gen):
+    """A tube mask (VideoMAE) or a random mask over all L tokens (mae_st), float32 [N, t*hw], 1 = removed,
+    0.75 removed either way."""
+    if kind == "tube":
+        return reference.tube_mask_indices(N, t, hw, 0.75, generator=gen)[2]
+    return reference.random_mask_indices(N, t * hw, 0.75, torch.rand(N, t * hw, generator=gen))[2]
+
+
+@pytest.mark.parametrize("backend,device", CPU_BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("mask_type", ["run_cell", "random"])
+@pytest.mark.parametrize("encoder", ["tube", "random"])
+def test_removed_scope_matches_reference(backend, device, mask_type, encoder):
+    """Every backend == the per-sample loop of reference.decoder_mask_indices; only encoder-removed positions,
+    n_rem - n_rem * m // 4 (run_cell) / n_rem - int(r * n_rem) (random) of them. With a tube mask over t = 4 frames
+    the run_cell set is exactly v2's loss set: encoder-removed and decoded by the map of each start."""
+    N, t, h, w = 3, 4, 4, 6
+    L = t * h * w
+    gen = torch.Generator().manual_seed(2)
+    enc = _encoder_mask(encoder, N, t, h * w, gen)
+    noise, start = torch.rand(N, L, generator=gen), torch.tensor([0, 3, 1])
+    kw = dict(mask_type=mask_type, noise=noise, scope="removed", encoder_mask=enc, num_removed=72)
+    if mask_type == "run_cell":
+        kw["start"] = start
+    with use_backend(backend):
+        got = decoder_mask_indices(N, t, h, w, 0.5, **{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                                       for k, v in kw.items()})
+    want = reference.decoder_mask_indices(N, t, h, w, 0.5, **kw)
+    for name, g, u in zip(("ids_dec", "ids_restore", "mask"), got, want):
+        _assert_equal(name, g.cpu(), u)
+    ids_dec, _, not_decoded = (g.cpu() for g in got)
+    assert ids_dec.shape == (N, 36)                                   # 72 removed, half of them decoded
+    assert torch.all(enc.gather(1, ids_dec) == 1)                     # encoder-removed only
+    assert torch.equal(ids_dec, torch.sort(ids_dec, 1).values)
+    maps = reference.running_cell_maps(t, h, w, 0.5)[start].reshape(N, L)
+    if mask_type == "run_cell" and encoder == "tube":
+        _assert_equal("v2's loss set", ~not_decoded.bool(), enc.bool() & ~maps)
+    elif mask_type == "run_cell":  # the map's decoded removed positions first: all of them, or only them
+        preferred = enc.bool() & ~maps
+        taken = (~not_decoded.bool() & preferred).sum(1)
+        assert torch.equal(taken, preferred.sum(1).clamp(max=36))
+        assert 0 < int((preferred.sum(1) - 36).abs().sum())  # the random encoder mask leaves rows uneven
+    else:  # the 36 removed positions of smallest noise
+        order = torch.where(enc.bool(), noise, torch.full_like(noise, 2.0)).argsort(1)[:, :36]
+        assert torch.equal(ids_dec, torch.sort(order, 1).values)
+
+
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("reference", "cpu")] + GPU_BACKENDS)
+def test_removed_scope_counts(backend, device):
+    """224 px, 16 frames, tube 0.9, run_cell 0.5, scope 'removed': v2's 704 loss positions are decoded, all of
+    them in the loss, and nothing else: the decoder gets 160 + 704 = 864 rows instead of 944."""
+    N, start = 2, torch.tensor([1, 2], device=device)
+    with use_backend(backend):
+        ids_keep, _, enc_mask = mae_kernels.tube_mask_indices(N, 8, 196, 0.9, device=device)
+        ids_dec, _, _ = decoder_mask_indices(N, 8, 14, 14, 0.5, start=start, scope="removed", encoder_mask=enc_mask)
+        v2_dec, _, _ = decoder_mask_indices(N, 8, 14, 14, 0.5, start=start)
+    assert ids_keep.shape[1] + ids_dec.shape[1] == 160 + 704 == 864
+    assert torch.all(enc_mask.gather(1, ids_dec) == 1)
+    v2_loss = enc_mask.bool() & torch.zeros_like(enc_mask, dtype=torch.bool).scatter(1, v2_dec, True)
+    _assert_equal("v2's loss set", torch.zeros_like(v2_loss).scatter(1, ids_dec, True).cpu(), v2_loss.cpu())
+
+
+def test_removed_scope_num_removed_read_or_given():
+    gen = torch.Generator().manual_seed(4)
+    enc = _encoder_mask("random", 2, 2, 16, gen)
+    a = decoder_mask_indices(2, 2, 4, 4, 0.5, scope="removed", encoder_mask=enc.bool(), generator=gen.manual_seed(5))
+    b = decoder_mask_indices(2, 2, 4, 4, 0.5, scope="removed", encoder_mask=enc, num_removed=24,
+                             generator=gen.manual_seed(5))
+    for u, v in zip(a, b):
+        _assert_equal("num_removed read == given", u, v)
+    uneven = enc.clone()
+    uneven[1, (uneven[1] == 0).nonzero()[0, 0]] = 1
+    with pytest.raises(ValueError, match="encoder_mask must remove the same number of positions in every row, "
+                                         "got 24 in row 0 and 25 in row 1"):
+        decoder_mask_indices(2, 2, 4, 4, 0.5, scope="removed", encoder_mask=uneven)
+    with pytest.raises(RuntimeError, match="encoder_mask must remove num_removed = 24 positions in every row"):
+        decoder_mask_indices(2, 2, 4, 4, 0.5, scope="removed", encoder_mask=uneven, num_removed=24)
+

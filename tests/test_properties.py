@@ -68,9 +68,10 @@ def test_mask_to_indices(backend, device, N, L, fraction, seed, given_, strided)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @budget(10)
 @given(N=st.integers(1, 3), t=st.integers(1, 4), h=st.sampled_from([2, 4]), w=st.sampled_from([2, 6]),
-       ratio=st.sampled_from([0.25, 0.5, 0.75]), mask_type=st.sampled_from(["run_cell", "random"]), seed=seeds)
-def test_decoder_mask_indices(backend, device, N, t, h, w, ratio, mask_type, seed):
-    check(oc.decoder_mask_indices_case(N, t, h, w, ratio, mask_type, seed), backend, device)
+       ratio=st.sampled_from([0.25, 0.5, 0.75]), mask_type=st.sampled_from(["run_cell", "random"]), seed=seeds,
+       scope=st.sampled_from(["all", "removed"]))
+def test_decoder_mask_indices(backend, device, N, t, h, w, ratio, mask_type, seed, scope):
+    check(oc.decoder_mask_indices_case(N, t, h, w, ratio, mask_type, seed, scope), backend, device)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

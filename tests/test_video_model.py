@@ -2,7 +2,8 @@
 MAE_SPEC_VIDEO.md, not read from the model) and a strict state_dict round trip; mae_st's formulas restated
 eagerly in this file (separable pos, encoder input in noise order, the decoder's own cls token, linspace target
 frames, unbiased norm_pix, the masked mean); fused == eager loss and every gradient; tube masking; compile;
-`mae-kernels pretrain --video` on the synthesised clips (resume included) and on a folder of video files."""
+`mae-kernels pretrain --video` on the synthesised clips (resume included; dual masking's flags) and on a folder of
+video files. The model's dual masking: tests/test_decoder_masking.py."""
 import os
 
 import pytest
@@ -373,6 +374,31 @@ def test_pretrain_video_tube_masking_eager(tmp_path, capsys):
     pytest.importorskip("skimage", reason="scikit-image (the photographs) is not installed")
     _, ckpt = pretrain(tmp_path, "tube", "--max-steps", "1", "--mask-type", "tube", "--no-fused", "--no-figures")
     assert ckpt["global_step"] == 1 and "tube masking" in capsys.readouterr().out
+
+
+def test_pretrain_video_dual_masking(tmp_path, capsys, monkeypatch):
+    """--decoder-mask-ratio / -type / -scope (the image CLI's flag definitions): every training step runs the
+    dual-masking decoder, the held-out loss (eval: every position decoded) is logged per epoch."""
+    pytest.importorskip("skimage", reason="scikit-image (the photographs) is not installed")
+    decoded = []
+    subset = VideoMaskedAutoencoderViT.forward_decoder_subset
+
+    def spy(self, x, ids_keep, ids_dec):
+        decoded.append((x.shape[1], ids_dec.shape[1]))
+        return subset(self, x, ids_keep, ids_dec)
+
+    monkeypatch.setattr(VideoMaskedAutoencoderViT, "forward_decoder_subset", spy)
+    out, ckpt = pretrain(tmp_path, "dual", "--max-steps", "2", "--no-figures", "--decoder-mask-ratio", "0.5",
+                         "--decoder-mask-scope", "removed", "--decoder-mask-type", "random")
+    text = capsys.readouterr().out
+    # tiny at 16 px / 4 frames: L = 2 x 2 x 2 = 8, 2 kept, 6 removed, 3 of them decoded
+    assert decoded == [(2, 3), (2, 3)] and ckpt["global_step"] == 2
+    assert "decoder masking 50% (random, scope removed)" in text
+    (step, heldout), = ckpt["heldout_losses"]
+    assert step == 2 and heldout > 0 and f"held-out loss (fixed clips and masks, every position decoded): " \
+        f"{heldout:.4f} at step 2" in text
+    with open(os.path.join(out, "log.txt")) as f:
+        assert '"heldout_loss"' in f.read()
 
 
 def test_synthesised_clips_are_deterministic_and_move():

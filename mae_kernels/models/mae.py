@@ -14,6 +14,8 @@ decoder_mask_ratio > 0 (VideoMAE v2's dual masking, here for images; ops/decoder
 mode the decoder sees the encoder's tokens plus mask tokens at the decoded positions only (a running-cell or
 random decoder mask), and the loss covers the encoder-removed positions among them; in eval mode every position
 is decoded (as v2 reconstructs). decoder_mask_ratio 0 (the default) is the official model exactly.
+decoder_mask_scope "all" (v2) gives mask tokens to encoder-visible decoded positions too; "removed" decodes only
+encoder-removed positions (models/dual_masking.py).
 """
 from functools import partial
 
@@ -21,10 +23,7 @@ import torch
 from torch import nn
 
 from .. import reference
-from ..ops.decoder_mask_indices import MASK_TYPES as DECODER_MASK_TYPES
-from ..ops.decoder_mask_indices import decoder_mask_indices
-from ..ops.mask_to_indices import mask_to_indices
-from . import fused
+from . import dual_masking, fused
 from .pos_embed import sincos_2d
 from .vit import Block, PatchEmbed, to_2tuple
 
@@ -35,16 +34,14 @@ class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_layer=nn.LayerNorm, norm_pix_loss=False, use_fused_ops=True, decoder_mask_ratio=0.0,
-                 decoder_mask_type="run_cell"):
+                 decoder_mask_type="run_cell", decoder_mask_scope="all"):
         super().__init__()
         if not isinstance(patch_size, int):
             raise TypeError(f"patch_size must be an int (square patches), got {patch_size!r}")
-        if decoder_mask_type not in DECODER_MASK_TYPES:
-            raise ValueError(f"decoder_mask_type must be one of {DECODER_MASK_TYPES}, got {decoder_mask_type!r}")
-        if not 0.0 <= decoder_mask_ratio < 1.0:
-            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
+        dual_masking.check_options(decoder_mask_ratio, decoder_mask_type, decoder_mask_scope)
         self.decoder_mask_ratio = decoder_mask_ratio
         self.decoder_mask_type = decoder_mask_type
+        self.decoder_mask_scope = decoder_mask_scope
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -140,12 +137,10 @@ class MaskedAutoencoderViT(nn.Module):
             return fused.forward_loss(self, imgs, pred, mask)
         return reference.masked_mse_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss)
 
-    def sample_decoder_mask(self, N, device, generator=None):
+    def sample_decoder_mask(self, N, device, generator=None, encoder_mask=None, num_removed=None):
         """A decoder mask for N images, as decoder_mask_indices returns it: (ids_dec [N, M], ids_restore [N, L],
-        mask [N, L] float32 with 1 = not decoded)."""
-        h, w = self.grid_size
-        return decoder_mask_indices(N, 1, h, w, self.decoder_mask_ratio, mask_type=self.decoder_mask_type,
-                                    generator=generator, device=device)
+        mask [N, L] float32 with 1 = not decoded). decoder_mask_scope "removed" needs encoder_mask [N, L]."""
+        return dual_masking.sample(self, N, (1, *self.grid_size), device, generator, encoder_mask, num_removed)
 
     def forward_decoder_subset(self, x, ids_keep, ids_dec):
         """Dual masking's decoder: the encoder tokens [N, 1 + K, D] (cls first, rows at positions ids_keep) and
@@ -162,23 +157,20 @@ class MaskedAutoencoderViT(nn.Module):
         """(loss, pred, mask) as the official model. With dual masking (decoder_mask given, bool [N, L] with True
         = not decoded, or drawn in training mode when decoder_mask_ratio > 0), pred holds the predictions of the
         decoded positions only, in ascending position order, [N, M, p*p*C], and the loss is the mean over the
-        encoder-removed positions among them (v2's batch-global weighting). A given decoder_mask's decoded count
-        is read from it (mask_to_indices: one host sync); every row must decode as many."""
+        encoder-removed positions among them (v2's batch-global weighting). With decoder_mask_scope "removed"
+        only encoder-removed positions are decoded (a given decoder_mask's encoder-visible positions are left
+        out). A given decoder_mask's decoded count is read from it (mask_to_indices: one host sync); every row
+        must decode as many."""
         self._check_imgs(imgs)
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        if decoder_mask is None and self.training and self.decoder_mask_ratio > 0:
-            ids_dec, ids_restore_dec, not_decoded = self.sample_decoder_mask(imgs.shape[0], imgs.device)
-        elif decoder_mask is not None:
-            ids_dec, ids_restore_dec, not_decoded = mask_to_indices(decoder_mask)  # decoded = "kept"
-        else:
+        K = latent.shape[1] - 1
+        dual = dual_masking.plan(self, (1, *self.grid_size), mask, K, decoder_mask)
+        if dual is None:
             pred = self.forward_decoder(latent, ids_restore)
             return self.forward_loss(imgs, pred, mask), pred, mask
-        M = ids_dec.shape[1]
-        # masked_mse_loss reads pred row j as position ids_shuffle[:, L - M + j]: the decoded positions last.
-        ids_shuffle = torch.roll(torch.argsort(ids_restore_dec, dim=1), -M, dims=1)
-        ids_keep = torch.argsort(ids_restore, dim=1)[:, :latent.shape[1] - 1]  # the encoder rows' positions
+        ids_dec, ids_shuffle, loss_mask = dual
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, :K]  # the encoder rows' positions
         pred = self.forward_decoder_subset(latent, ids_keep, ids_dec)
-        loss_mask = mask * (1 - not_decoded)  # encoder-removed and decoded
         if self.use_fused_ops:
             loss = fused.forward_loss(self, imgs, pred, loss_mask, ids_shuffle)
         else:

@@ -6,6 +6,8 @@
   (masked_patch_embed; mae_st's separable table added per kept token, never summed to [L, D]).
 - decoder_input: mask tokens, unshuffle, decoder cls row, decoder positional embedding
   (unshuffle_with_mask_tokens, with a cls row).
+- decoder_input_subset: dual masking's decoder input (VideoMAE v2): the kept tokens and mask tokens at the
+  decoded positions only, decoder cls row, decoder positional embedding (append_mask_tokens, one pass).
 - loss: the masked MSE against mae_st's temporally subsampled target (masked_mse_loss with target_frames: the
   frames are read in place, never gathered into a copy).
 """
@@ -44,8 +46,18 @@ def decoder_input(y, mask_token, ids_restore, cls_token, pos):
     return mae_kernels.unshuffle_with_mask_tokens(y, mask_token, ids_restore, pos, has_cls=True)
 
 
-def loss(x, pred, mask, target_frames, patch_size, norm_pix_loss):
+def decoder_input_subset(y, mask_token, ids_keep, ids_dec, cls_token, pos):
+    """Dual masking's decoder input [N, (1 +) K + M, Dd]: the decoder cls token first when cls_token [1, 1, Dd] is
+    given, y [N, K, Dd] (rows at positions ids_keep [N, K]), then mask tokens at the decoded positions ids_dec
+    [N, M], each + its row of pos [1, (1 +) L, Dd] (cls row first)."""
+    if cls_token is not None:
+        y = torch.cat((cls_token.expand(y.shape[0], -1, -1), y), dim=1)  # cat promotes as the eager path
+    return mae_kernels.append_mask_tokens(y, mask_token, ids_keep, ids_dec, pos, has_cls=cls_token is not None)
+
+
+def loss(x, pred, mask, target_frames, patch_size, norm_pix_loss, ids_shuffle=None):
     """mae_st's forward_loss: fp32 scalar. Token (ti, hi, wi) of the (u, ph, pw) tubelet grid targets the frames
-    target_frames[ti*u' + a], a < u', patchified (u' = len(target_frames) / t), read in place from x."""
+    target_frames[ti*u' + a], a < u', patchified (u' = len(target_frames) / t), read in place from x. With
+    ids_shuffle, pred holds the rows of the positions ids_shuffle[:, L - R:] only (dual masking)."""
     return mae_kernels.masked_mse_loss(pred, x, mask, patch_size, norm_pix_loss=bool(norm_pix_loss),
-                                       target_frames=target_frames)
+                                       target_frames=target_frames, ids_shuffle=ids_shuffle)

@@ -15,6 +15,14 @@ on, 16 frames, t_patch_size 2, pred_t_dim 8. See ../shared/MAE_SPEC_VIDEO.md "ma
 mask_type="tube" (an extension): VideoMAE's tube masking (one random spatial mask per sample repeated at every
 temporal index, int(mask_ratio * h*w) masked per frame; noise [N, h*w]) on this architecture.
 
+decoder_mask_ratio > 0 (VideoMAE v2's dual masking, models/dual_masking.py; MAE_SPEC_VIDEO.md "VideoMAEv2"): in
+training mode the decoder sees the encoder's tokens plus mask tokens at a running-cell (decoder_mask_type
+"run_cell", v2's maps) or uniformly random subset of the positions only, and the loss covers the encoder-removed
+positions among them (v2's batch-global weighting); pred then holds the decoded positions' predictions only, in
+ascending position order. decoder_mask_scope "all" (v2's rule) gives mask tokens to every decoded position,
+encoder-visible ones included; "removed" decodes encoder-removed positions only. Eval mode decodes every position
+(as v2 reconstructs); decoder_mask_ratio 0 (the default) is the model above exactly.
+
 use_fused_ops=True runs the steps of models/video_fused.py (masking indices, the embedding of the kept tubelets
 only, the decoder input, the loss) on mae_kernels ops; use_fused_ops=False is mae_st's eager forward restated.
 Both give the same loss and gradients for the same noise (up to summation order).
@@ -26,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import reference
-from . import video_fused
+from . import dual_masking, video_fused
 from .vit import Mlp, to_2tuple
 
 MASK_TYPES = ("random", "tube")
@@ -112,10 +120,15 @@ class VideoMaskedAutoencoderViT(nn.Module):
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_layer=nn.LayerNorm, norm_pix_loss=False, num_frames=16, t_patch_size=4,
                  patch_embed=PatchEmbed, no_qkv_bias=False, sep_pos_embed=False, trunc_init=False,
-                 cls_embed=False, pred_t_dim=8, mask_type="random", use_fused_ops=True, **kwargs):
+                 cls_embed=False, pred_t_dim=8, mask_type="random", use_fused_ops=True, decoder_mask_ratio=0.0,
+                 decoder_mask_type="run_cell", decoder_mask_scope="all", **kwargs):
         super().__init__()
         if mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+        dual_masking.check_options(decoder_mask_ratio, decoder_mask_type, decoder_mask_scope)
+        self.decoder_mask_ratio = decoder_mask_ratio
+        self.decoder_mask_type = decoder_mask_type
+        self.decoder_mask_scope = decoder_mask_scope
         self.trunc_init = trunc_init
         self.sep_pos_embed = sep_pos_embed
         self.cls_embed = cls_embed
@@ -297,23 +310,60 @@ class VideoMaskedAutoencoderViT(nn.Module):
         y = self.decoder_pred(self.decoder_norm(y))
         return y[:, 1:, :] if self.cls_embed else y
 
-    def forward_loss(self, x, pred, mask):
+    def forward_decoder_subset(self, x, ids_keep, ids_dec):
+        """Dual masking's decoder (VideoMAE v2): the encoder's tokens x [N, K, D] (cls row dropped) at positions
+        ids_keep [N, K], the decoder cls token first with cls_embed, and mask tokens at the decoded positions
+        ids_dec [N, M], each + the decoder pos of its position -> predictions for ids_dec [N, M, u'*ph*pw*C]."""
+        y = self.decoder_embed(x)
+        cls = self.decoder_cls_token if self.cls_embed else None
+        if self.use_fused_ops:
+            y = video_fused.decoder_input_subset(y, self.mask_token, ids_keep, ids_dec, cls, self.decoder_pos())
+        else:  # v2's cat([y + pos[ids_keep], mask_token + pos[ids_dec]]), mae_st's decoder cls first
+            if cls is not None:
+                y = torch.cat((cls.expand(y.shape[0], -1, -1), y), dim=1)
+            y = reference.append_mask_tokens(y, self.mask_token, ids_keep, ids_dec, self.decoder_pos(),
+                                             has_cls=self.cls_embed)
+        for blk in self.decoder_blocks:
+            y = blk(y)
+        return self.decoder_pred(self.decoder_norm(y))[:, y.shape[1] - ids_dec.shape[1]:, :]
+
+    def forward_loss(self, x, pred, mask, ids_shuffle=None):
         """mae_st's forward_loss: MSE against the target frames (target_frames) patchified with (u', ph, pw),
         normalised per patch with norm_pix_loss (unbiased variance, eps inside the sqrt), mean over the removed
-        tokens. fp32 scalar."""
+        tokens. fp32 scalar. With ids_shuffle [N, L], pred holds the rows of the positions ids_shuffle[:, L - R:]
+        only (dual masking's decoded positions) and mask weights the tokens (v2: sum(l * w) / sum(w))."""
         if self.use_fused_ops:
             return video_fused.loss(x, pred, mask, self.target_frames, self.patch_embed.proj.kernel_size,
-                                    self.norm_pix_loss)
+                                    self.norm_pix_loss, ids_shuffle)
         target = torch.index_select(x, 2, self.target_frames)
+        if ids_shuffle is not None:
+            pred = reference.scatter_removed_pred(pred, ids_shuffle)
         return reference.masked_mse_loss(pred, target, mask, self.target_patch_size,
                                          norm_pix_loss=bool(self.norm_pix_loss))
 
-    def forward(self, x, mask_ratio=0.75, noise=None):
+    def sample_decoder_mask(self, N, device, generator=None, encoder_mask=None, num_removed=None):
+        """A decoder mask for N clips over the (t, h, w) token grid, as decoder_mask_indices returns it:
+        (ids_dec [N, M], ids_restore [N, L], mask [N, L] float32 with 1 = not decoded). decoder_mask_scope
+        "removed" needs encoder_mask [N, L] (1 = removed)."""
+        return dual_masking.sample(self, N, self.input_size, device, generator, encoder_mask, num_removed)
+
+    def forward(self, x, mask_ratio=0.75, noise=None, decoder_mask=None):
+        """(loss, pred, mask) as mae_st. With dual masking (decoder_mask given, bool [N, L] with True = not
+        decoded, or drawn in training mode when decoder_mask_ratio > 0), pred holds the predictions of the decoded
+        positions only, [N, M, u'*ph*pw*C] in ascending position order, and the loss is the mean over the
+        encoder-removed positions among them. A given decoder_mask's decoded count is read from it (one host
+        sync); every row must decode as many."""
         self._check_video(x)
         latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)
-        loss = self.forward_loss(x, pred, mask)
-        return loss, pred, mask
+        K = latent.shape[1]
+        dual = dual_masking.plan(self, self.input_size, mask, K, decoder_mask)
+        if dual is None:
+            pred = self.forward_decoder(latent, ids_restore)
+            return self.forward_loss(x, pred, mask), pred, mask
+        ids_dec, ids_shuffle, loss_mask = dual
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, :K]  # the positions of the encoder's rows
+        pred = self.forward_decoder_subset(latent, ids_keep, ids_dec)
+        return self.forward_loss(x, pred, loss_mask, ids_shuffle), pred, mask
 
 
 _LN = partial(nn.LayerNorm, eps=1e-6)
