@@ -124,13 +124,13 @@ def _hf_video():
     return m, can_return_tuple, merge_with_config_defaults, capture_outputs
 
 
-def _tubelet(embeddings):
+def _video_tubelet(embeddings):
     """(u, ph, pw) of the Conv3d tubelet embedding."""
     conv = embeddings.patch_embeddings.projection
     return tuple(int(k) for k in conv.kernel_size)
 
 
-def _check_pixel_values(embeddings, pixel_values):
+def _check_video_pixel_values(embeddings, pixel_values):
     """HF's checks (channels, image size), plus the frame count that HF leaves to a broadcasting error."""
     pe = embeddings.patch_embeddings
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5:
@@ -150,7 +150,7 @@ def _check_pixel_values(embeddings, pixel_values):
                          f"(L = {L} tubelets of {u} frames, as the position table), got T = {T}")
 
 
-def _mask_indices(model, pixel_values, bool_masked_pos, num_kept):
+def _video_mask_indices(model, pixel_values, bool_masked_pos, num_kept):
     """mask_to_indices of bool_masked_pos, checked against pixel_values; num_kept: this call's, else the one given
     to patch_videomae, else read from the mask (one host sync; not under torch.compile)."""
     from ..ops._validate import check_tensor
@@ -164,7 +164,7 @@ def _mask_indices(model, pixel_values, bool_masked_pos, num_kept):
     return mae_kernels.mask_to_indices(bool_masked_pos, num_kept)
 
 
-def _embed_dtype(pixel_values):
+def _video_embed_dtype(pixel_values):
     """The dtype of HF's Conv3d output (the autocast dtype under autocast), to which HF casts its table."""
     device_type = pixel_values.device.type
     if torch.is_autocast_enabled(device_type) and pixel_values.is_floating_point():
@@ -172,25 +172,25 @@ def _embed_dtype(pixel_values):
     return pixel_values.dtype
 
 
-def _embed(model, pixel_values, ids_keep):
+def _video_embed(model, pixel_values, ids_keep):
     """HF's embeddings(pixel_values, bool_masked_pos) for the kept tubelets ids_keep: [N, K, D]."""
     conv = model.embeddings.patch_embeddings.projection
-    pos = getattr(model.embeddings, _POS).to(_embed_dtype(pixel_values))  # HF: table.type_as(conv output)
+    pos = getattr(model.embeddings, _POS).to(_video_embed_dtype(pixel_values))  # HF: table.type_as(conv output)
     # HF's [N, T, C, H, W] read as [N, C, T, H, W] through a permuted view: no copy
     return mae_kernels.masked_patch_embed(pixel_values.permute(0, 2, 1, 3, 4), ids_keep, conv.weight, conv.bias, pos)
 
 
-def _model_forward(self, pixel_values, bool_masked_pos=None, num_kept=None, ids_keep=None, **kwargs):
+def _video_model_forward(self, pixel_values, bool_masked_pos=None, num_kept=None, ids_keep=None, **kwargs):
     """VideoMAEModel.forward with the fused embedding of the kept tubelets (bool_masked_pos given); without a mask
     HF's own embeddings run (nothing to fuse). num_kept: the kept count of every row (no host sync); ids_keep: the
     kept tubelets [N, K] when the caller already has them (the patched VideoMAEForPreTraining)."""
     if bool_masked_pos is None and ids_keep is None:
         embedding_output = self.embeddings(pixel_values, None)
     else:
-        _check_pixel_values(self.embeddings, pixel_values)
+        _check_video_pixel_values(self.embeddings, pixel_values)
         if ids_keep is None:
-            ids_keep = _mask_indices(self, pixel_values, bool_masked_pos, num_kept)[0]
-        embedding_output = _embed(self, pixel_values, ids_keep)
+            ids_keep = _video_mask_indices(self, pixel_values, bool_masked_pos, num_kept)[0]
+        embedding_output = _video_embed(self, pixel_values, ids_keep)
     sequence_output = self.encoder(embedding_output).last_hidden_state
     if self.layernorm is not None:
         sequence_output = self.layernorm(sequence_output)
@@ -208,7 +208,7 @@ def _video_target(config):
     return kw
 
 
-def _pretraining_forward(self, pixel_values, bool_masked_pos=None, num_kept=None, **kwargs):
+def _video_pretraining_forward(self, pixel_values, bool_masked_pos=None, num_kept=None, **kwargs):
     """VideoMAEForPreTraining.forward on the fused ops (module comment above). num_kept: the kept count of every
     row of bool_masked_pos (no host sync; torch.compile needs it, or patch_videomae(model, num_kept=...))."""
     m = _hf_video()[0]
@@ -219,8 +219,8 @@ def _pretraining_forward(self, pixel_values, bool_masked_pos=None, num_kept=None
         raise ValueError("Can't unnormalize non-RGB images. Consider setting config.norm_pix_loss to True "
                          f"(num_channels = {self.config.num_channels}).")
     encoder = self.videomae
-    _check_pixel_values(encoder.embeddings, pixel_values)
-    ids_keep, ids_restore, mask = _mask_indices(encoder, pixel_values, bool_masked_pos, num_kept)
+    _check_video_pixel_values(encoder.embeddings, pixel_values)
+    ids_keep, ids_restore, mask = _video_mask_indices(encoder, pixel_values, bool_masked_pos, num_kept)
     N, K = ids_keep.shape
     L = ids_restore.shape[1]
     if K == L:
@@ -235,7 +235,7 @@ def _pretraining_forward(self, pixel_values, bool_masked_pos=None, num_kept=None
     logits = self.decoder(x_full, L - K).logits
     # HF's labels are computed without grad from pixel_values: data, read in place ([N, C, T, H, W] view)
     loss = mae_kernels.masked_mse_loss(logits, pixel_values.detach().permute(0, 2, 1, 3, 4), mask,
-                                       _tubelet(encoder.embeddings), ids_shuffle=ids_shuffle,
+                                       _video_tubelet(encoder.embeddings), ids_shuffle=ids_shuffle,
                                        **_video_target(self.config))
     return m.VideoMAEForPreTrainingOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                           attentions=outputs.attentions)
@@ -311,11 +311,11 @@ def patch_videomae(model, num_kept=None):
                                        persistent=False)
     setattr(encoder, _NUM_KEPT, num_kept)
     # HF's own decorators, as on VideoMAEModel.forward: output_hidden_states / output_attentions, return_dict
-    forward = merge_with_config_defaults(capture_outputs(tie_last_hidden_states=False)(_model_forward))
+    forward = merge_with_config_defaults(capture_outputs(tie_last_hidden_states=False)(_video_model_forward))
     encoder.forward = types.MethodType(forward, encoder)
     if encoder is not model:
         model.register_buffer(_POS, model.position_embeddings.detach().to(device), persistent=False)
-        model.forward = types.MethodType(can_return_tuple(_pretraining_forward), model)
+        model.forward = types.MethodType(can_return_tuple(_video_pretraining_forward), model)
     setattr(model, _VIDEO_PATCHED, True)
     return model
 
