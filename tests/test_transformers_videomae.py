@@ -70,7 +70,8 @@ def test_patched_matches_unpatched_fp32(norm_pix_loss, channels):
     (o1, g1), (o2, g2) = run(ref, x, mask), run(fused, x, mask)
     # fp32 on both sides; the fused ops sum in another order (the embedding GEMM vs Conv3d, the loss's fp32
     # per-token sums vs MSELoss): differences of a few ulps, seen <= 1e-6 relative. rtol 1e-5: 10x margin.
-    assert o2.loss.dtype == torch.float32 and o2.logits.shape == o1.logits.shape == (N, 12 * (T // U), U * P * P * channels)
+    assert o2.loss.dtype == torch.float32
+    assert o2.logits.shape == o1.logits.shape == (N, 12 * (T // U), U * P * P * channels)
     torch.testing.assert_close(o2.loss, o1.loss, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(o2.logits, o1.logits, rtol=1e-5, atol=1e-6)
     # Gradients go back through 3 layers of those reordered sums: seen <= 1e-6 of each tensor's largest entry.
@@ -131,7 +132,8 @@ def test_bf16_autocast():
     """CPU bf16 autocast, fp32 pixel_values (the usual mixed-precision setup): HF's labels are fp32 too (its
     target is in pixel_values' dtype), the patched target is fp32: the same target, the same fp32 loss. The
     layers run in bf16 on both sides; the patched model's error against float64 must stay within twice the
-    unpatched model's (+ a small floor for entries whose error is a single rounding on both sides)."""
+    unpatched model's (+ 2^-10 of the largest entry: where HF's error happens to be tiny, one bf16 rounding of
+    the patched side's must not fail the test)."""
     ref = make(seed=3)
     fused = patch_videomae(copy.deepcopy(ref))
     x, mask = video(), tube_mask()
@@ -146,7 +148,7 @@ def test_bf16_autocast():
     torch.testing.assert_close(o2.loss.double(), reference_loss(o2.logits, x, mask, True), rtol=1e-5, atol=0)
     for name, a, b, want in [("loss", o2.loss, o1.loss, o64.loss), ("logits", o2.logits, o1.logits, o64.logits)] + \
             [(k, g2[k], g1[k], g64[k]) for k in g64]:
-        assert err(a, want) <= 2 * err(b, want) + 2 ** -8, f"{name}: patched {err(a, want)}, HF {err(b, want)}"
+        assert err(a, want) <= 2 * err(b, want) + 2 ** -10, f"{name}: patched {err(a, want)}, HF {err(b, want)}"
 
 
 def test_bf16_pixel_values_target_is_fp32():

@@ -1,12 +1,18 @@
-"""Patch a HuggingFace transformers ViTMAEForPreTraining in place to run mae_kernels' fused ops:
-masking + patch embedding of the kept patches only (random_masked_patch_embed), the mask-token unshuffle
-(unshuffle_with_mask_tokens) and the masked loss (masked_mse_loss).
+"""Patch HuggingFace transformers MAE models in place to run mae_kernels' fused ops.
+
+ViTMAEForPreTraining / ViTMAEModel (patch_vit_mae): masking + patch embedding of the kept patches only
+(random_masked_patch_embed), the mask-token unshuffle (unshuffle_with_mask_tokens) and the masked loss
+(masked_mse_loss). VideoMAEForPreTraining / VideoMAEModel (patch_videomae, below): the given bool_masked_pos as
+indices (mask_to_indices), the Conv3d embedding of the kept tubelets only (masked_patch_embed), the decoder input
+(append_mask_tokens) and the loss (masked_mse_loss with HF's per-channel target).
 
     model = ViTMAEForPreTraining.from_pretrained("facebook/vit-mae-base")
     patch_vit_mae(model)            # same outputs for the same `noise`; unpatch_vit_mae(model) undoes it
+    video = VideoMAEForPreTraining.from_pretrained("MCG-NJU/videomae-base")
+    patch_videomae(video)           # same outputs for the same bool_masked_pos; unpatch_videomae(video) undoes it
 
-Outputs equal the unpatched model's for the same noise, up to summation order; masks are identical unless the
-noise has ties (HF's argsort is not stable; mae_kernels breaks ties by lower index). Written against
+ViTMAE outputs equal the unpatched model's for the same noise, up to summation order; masks are identical unless
+the noise has ties (HF's argsort is not stable; mae_kernels breaks ties by lower index). Written against
 transformers 5.x (decoder layers called as layer(hidden_states)); output_attentions / output_hidden_states of
 the decoder are not produced by the patched decoder.
 """
@@ -221,8 +227,7 @@ def _video_pretraining_forward(self, pixel_values, bool_masked_pos=None, num_kep
     encoder = self.videomae
     _check_video_pixel_values(encoder.embeddings, pixel_values)
     ids_keep, ids_restore, mask = _video_mask_indices(encoder, pixel_values, bool_masked_pos, num_kept)
-    N, K = ids_keep.shape
-    L = ids_restore.shape[1]
+    K, L = ids_keep.shape[1], ids_restore.shape[1]
     if K == L:
         raise ValueError(f"bool_masked_pos must mask at least one tubelet per row (the loss is taken over the "
                          f"masked ones), got all L = {L} kept")
