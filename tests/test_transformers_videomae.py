@@ -186,6 +186,26 @@ def test_unpatch_restores_original_forward():
     assert torch.equal(a.loss, b.loss) and torch.equal(a.logits, b.logits)  # HF's own code again: bit-equal
 
 
+def test_ddp_does_not_broadcast_the_tables():
+    """The tables are non-persistent buffers, the same on every rank: DDP is told to leave them (it would broadcast
+    them at every step). One process, gloo."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed+gloo")
+    m = patch_videomae(make())
+    assert sorted(m._ddp_params_and_buffers_to_ignore) == ["_mae_kernels_pos", "videomae.embeddings._mae_kernels_pos"]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(m)
+        assert ddp.modules_buffers == []
+        x, mask = video(), tube_mask()
+        torch.testing.assert_close(ddp(x, mask, num_kept=8).loss, m(x, mask).loss, rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
+    unpatch_videomae(m)
+    assert not hasattr(m, "_ddp_params_and_buffers_to_ignore")
+
+
 def test_apply_patches_both_classes():
     x, mask = video(), tube_mask()
     for cls in (transformers.VideoMAEForPreTraining, transformers.VideoMAEModel):

@@ -119,6 +119,7 @@ def unpatch_vit_mae(model):
 _VIDEO_PATCHED = "_mae_kernels_videomae_patched"
 _POS = "_mae_kernels_pos"  # non-persistent buffers: the fixed sin-cos tables on the model's device
 _NUM_KEPT = "_mae_kernels_num_kept"
+_DDP_IGNORE = "_ddp_params_and_buffers_to_ignore"  # DistributedDataParallel reads it
 
 
 def _hf_video():
@@ -321,13 +322,26 @@ def patch_videomae(model, num_kept=None):
     if encoder is not model:
         model.register_buffer(_POS, model.position_embeddings.detach().to(device), persistent=False)
         model.forward = types.MethodType(can_return_tuple(_video_pretraining_forward), model)
+    # The tables are the same fixed function on every rank: DistributedDataParallel(model) need not broadcast them
+    # at every step (buffers are, by default).
+    setattr(model, _DDP_IGNORE, list(getattr(model, _DDP_IGNORE, ())) + _table_names(model))
     setattr(model, _VIDEO_PATCHED, True)
     return model
+
+
+def _table_names(model):
+    return [name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1] == _POS]
 
 
 def unpatch_videomae(model):
     """Undo patch_videomae: the class methods take over again, the tables it added are removed."""
     encoder = model.videomae if hasattr(model, "videomae") else model
+    tables = set(_table_names(model))
+    ignore = [name for name in getattr(model, _DDP_IGNORE, ()) if name not in tables]
+    if ignore:
+        setattr(model, _DDP_IGNORE, ignore)
+    else:
+        model.__dict__.pop(_DDP_IGNORE, None)
     for module in (encoder, model):
         module.__dict__.pop("forward", None)
         module.__dict__.pop(_NUM_KEPT, None)
