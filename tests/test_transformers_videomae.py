@@ -78,6 +78,19 @@ def test_patched_matches_unpatched_fp32(norm_pix_loss, channels):
     assert_grads_close(g2, g1, 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])  # the cpu backend: the test above
+def test_other_backends(backend):
+    ref = make()
+    fused = patch_videomae(copy.deepcopy(ref))
+    x, mask = video(), tube_mask()
+    o1, g1 = run(ref, x, mask)
+    with mae_kernels.use_backend(backend):
+        o2, g2 = run(fused, x, mask)
+    torch.testing.assert_close(o2.loss, o1.loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(o2.logits, o1.logits, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g2, g1, 1e-5)
+
+
 def test_hidden_states_attentions_return_dict():
     ref = make()
     fused = patch_videomae(copy.deepcopy(ref))
