@@ -45,13 +45,16 @@ def video(channels=3, seed=2, dtype=torch.float32):
     return torch.randn(N, T, channels, S, S, generator=g).to(dtype)
 
 
-def run(model, x, mask, amp=False, **kw):
-    """Forward (+ backward of loss and a term on every logit) -> (outputs, {name: grad})."""
+def run(model, x, mask, amp=False, grad_x=False, **kw):
+    """Forward (+ backward of loss and a term on every logit) -> (outputs, {name: grad}); grad_x: pixel_values'
+    gradient too (through the embedding; HF's labels are data)."""
     model.zero_grad()
+    x = x.detach().clone().requires_grad_(grad_x)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         out = model(x, mask, **kw)
     (out.loss + 0.1 * out.logits.float().square().mean()).backward()
-    return out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return out, dict(grads, pixel_values=x.grad) if grad_x else grads
 
 
 def assert_grads_close(got, want, rel):
@@ -67,7 +70,7 @@ def test_patched_matches_unpatched_fp32(norm_pix_loss, channels):
     ref = make(norm_pix_loss=norm_pix_loss, channels=channels)
     fused = patch_videomae(copy.deepcopy(ref))
     x, mask = video(channels), tube_mask()
-    (o1, g1), (o2, g2) = run(ref, x, mask), run(fused, x, mask)
+    (o1, g1), (o2, g2) = run(ref, x, mask, grad_x=True), run(fused, x, mask, grad_x=True)
     # fp32 on both sides; the fused ops sum in another order (the embedding GEMM vs Conv3d, the loss's fp32
     # per-token sums vs MSELoss): differences of a few ulps, seen <= 1e-6 relative. rtol 1e-5: 10x margin.
     assert o2.loss.dtype == torch.float32
