@@ -58,7 +58,7 @@ def test_unpatch_and_errors():
         patch_vit_mae(torch.nn.Linear(2, 2))
 
 
-def test_apply_patches_vit_mae_and_recognises_video_mae():
+def test_apply_patches_vit_mae_and_video_mae():
     import mae_kernels
 
     ref = make()
@@ -74,5 +74,7 @@ def test_apply_patches_vit_mae_and_recognises_video_mae():
                                       num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                       decoder_hidden_size=16, decoder_num_hidden_layers=1,
                                       decoder_num_attention_heads=2, decoder_intermediate_size=32)
-    with pytest.raises(NotImplementedError, match="VideoMAEForPreTraining.*no fused patch yet"):
-        mae_kernels.apply(transformers.VideoMAEForPreTraining(cfg))
+    video = mae_kernels.apply(transformers.VideoMAEForPreTraining(cfg))  # tests/test_transformers_videomae.py
+    assert "forward" in video.__dict__ and "forward" in video.videomae.__dict__
+    mae_kernels.unapply(video)
+    assert "forward" not in video.__dict__ and "forward" not in video.videomae.__dict__

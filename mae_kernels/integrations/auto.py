@@ -3,7 +3,7 @@
 Families, recognised in this order:
 - mae_kernels.models.MaskedAutoencoderViT: sets use_fused_ops = True;
 - transformers ViTMAEForPreTraining / ViTMAEModel: integrations.transformers.patch_vit_mae;
-- transformers VideoMAEForPreTraining / VideoMAEModel: recognised, no fused patch yet (raises saying so);
+- transformers VideoMAEForPreTraining / VideoMAEModel: integrations.transformers.patch_videomae;
 - the official models_mae.MaskedAutoencoderViT, or any model with its structure: integrations.official.patch_mae.
 transformers is never imported here: its models are recognised through the module already loaded.
 """
@@ -30,8 +30,7 @@ def _family(model):
     if _hf_instance(model, _HF_IMAGE):
         return "transformers.ViTMAE"
     if _hf_instance(model, _HF_VIDEO):
-        raise NotImplementedError(f"mae_kernels.apply: {type(model).__name__} (transformers VideoMAE) is "
-                                  f"recognised but has no fused patch yet; run it unpatched")
+        return "transformers.VideoMAE"
     if not official.missing(model):
         return "official"
     wrapped = getattr(model, "module", None)  # DistributedDataParallel
@@ -39,7 +38,8 @@ def _family(model):
     hint = (f"; it wraps a {type(wrapped).__name__}: apply to the model before wrapping it"
             if wrapped is not None else "")
     raise TypeError(f"mae_kernels.apply: expected mae_kernels.models.MaskedAutoencoderViT, a transformers "
-                    f"ViTMAEForPreTraining / ViTMAEModel or a model with the official models_mae structure, got "
+                    f"ViTMAEForPreTraining / ViTMAEModel or VideoMAEForPreTraining / VideoMAEModel, or a model with "
+                    f"the official models_mae structure, got "
                     f"{type(model).__module__}.{type(model).__qualname__} (official structure lacks: "
                     f"{', '.join(official.missing(model))}){hint}")
 
@@ -52,6 +52,10 @@ def _set_fused(model, fused):
         from . import transformers  # our HF patch module, loaded only for HF models
 
         (transformers.patch_vit_mae if fused else transformers.unpatch_vit_mae)(model)
+    elif family == "transformers.VideoMAE":
+        from . import transformers
+
+        (transformers.patch_videomae if fused else transformers.unpatch_videomae)(model)
     else:
         (official.patch_mae if fused else official.unpatch_mae)(model)
     return model
