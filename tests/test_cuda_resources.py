@@ -22,6 +22,7 @@ THREADS = {
     "random_masking_forward_kernel": 512,    # cuda::kRandomMaskingThreads
     "random_masking_backward_kernel": 512,
     "copy_patches_kernel": 256,              # masked_patchify.cu kThreads
+    "copy_patches_vec_kernel": 256,          # masked_patchify.cu kThreads (the 16-byte path)
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
     "unshuffle_backward_mask_sum_kernel": 256,
@@ -117,7 +118,8 @@ _demangled = cc.demangle
 # Integer division by a runtime value: its reciprocal estimate converts the divisor with round-up (I2F.RP,
 # I2F.U32.RP, I2F.U64.RP), inline for 32 bits and in the 64-bit division subroutine.
 _INT_DIVISION = re.compile(r"I2F(\.[SU](32|64))?\.RP$")
-_COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>")
+_COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>",
+                     "copy_patches_vec_kernel<")  # every instance of the patchify 16-byte path
 
 
 def _sass_problems(kernels):

@@ -86,13 +86,15 @@ def test_op_tree_counts_the_outermost_computing_ops():
         _Event("triton::_copy_kernel", 70, 10),
         _Event("aten::copy_", 72, 2, [[4], [4]], ["float", "float"]),  # inside the interpreter: not a launch
         _Event("aten::_local_scalar_dense", 90, 2, [[]], ["float"]),
+        _Event("aten::to", 95, 1, [[4, 8]], ["float"]),  # returns self: no child, no kernel
         _Event("aten::copy_", 200, 5, [[4, 8], [4, 8]], ["float", "c10::BFloat16"]),
     ]
     kernels, syncs = sr.kernels_of(sr._tree(events))
-    assert kernels == [("aten", "aten::zero_", 0, 128, 0),
-                       ("aten", "aten::mm", (32 + 128) * 2, 64 * 2, 2 * 32 * 16),
-                       ("triton", "_copy_kernel", 0, 0, 0),
-                       ("aten", "aten::copy_", 64, 128, 0)]
+    assert kernels == [("aten", "aten::zero_", 0, 128, 0, "/mae_kernels::masked_patchify/aten::zeros"),
+                       ("aten", "aten::mm", (32 + 128) * 2, 64 * 2, 2 * 32 * 16,
+                        "/mae_kernels::masked_patchify/aten::matmul"),
+                       ("triton", "_copy_kernel", 0, 0, 0, "/mae_kernels::masked_patchify"),
+                       ("aten", "aten::copy_", 64, 128, 0, "")]
     assert syncs == 1
 
 
@@ -102,6 +104,8 @@ def test_aten_bytes():
     assert sr.aten_bytes("aten::add", [[2, 3, 4], [1, 1, 4]], ["float", "float"]) == (112, 96, 0)
     assert sr.aten_bytes("aten::sum", [[10, 4]], ["float"]) == (160, 8, 0)
     assert sr.aten_bytes("aten::stack", [[]], ["TensorList"]) == (0, 0, 0)
+    assert sr.aten_bytes("aten::mul", [[4, 8], [1], [4, 8]], ["c10::BFloat16", "float", "c10::BFloat16"]) == (
+        68, 64, 0)  # out=
 
 
 def test_bytes_models_match_the_minimum_where_the_kernel_is_the_minimum():
