@@ -101,6 +101,9 @@ def kernel_bytes():
         "_random_masking_bwd_kernel": (NK * D_ENC * BF16 + NK * 8, NL * D_ENC * BF16, NL * D_ENC, BF16,
                                        "as the CUDA kernel"),
         "copy_patches_kernel<false": gather,
+        "copy_patches_vec_kernel<false": gather,
+        "copy_patches_vec_kernel<true": (NK * P * BF16 + NK * 8, NK * P * BF16, NK * P, BF16,
+                                         "kept patches scattered into the zeroed image (the zeros: an ATen fill)"),
         "copy_patches_kernel<true": (NK * P * BF16 + NK * 8, NK * P * BF16, NK * P, BF16,
                                      "kept patches scattered into the zeroed image (the zeros: an ATen fill)"),
         "_copy_kernel[TO_IMAGE=False]": gather,
@@ -369,7 +372,7 @@ def main_loop(listing, elt=1, load_side=False, max_elements=None):
     fitting = [sp for sp in candidates if max_elements is None or elements(sp) <= max_elements]
     if candidates and not fitting:
         fitting = [min(candidates, key=elements)]
-    best = max(fitting, key=lambda sp: (moved(sp), len(sp)), default=None)
+    best = max(fitting, key=lambda sp: (moved(sp, ("LDG",)) > 0, moved(sp), len(sp)), default=None)
     if best is None:
         best = [(a, op) for a, op, _ in body]
     return len(best), [op for _, op in best if op.startswith(("LDG", "STG"))]
@@ -386,7 +389,8 @@ def loop_facts(listing, elt, load_side=False, max_elements=None):
     elements = max(sum(loads if load_side or not stores else stores) // elt, 1)
     return dict(loop_instructions=n, instr_per_element=round(n / elements, 2),
                 load_width=max(loads, default=0), store_width=max(stores, default=0),
-                loads_per_iteration=len(loads), stores_per_iteration=len(stores), in_flight_bytes=sum(loads))
+                loads_per_iteration=len(loads), stores_per_iteration=len(stores),
+                in_flight_bytes=sum(loads) or sum(stores))  # a store-only loop: its stores
 
 
 # Elements one CUDA thread handles per visit of its main loop at the benchmark shapes (the trip count times the
@@ -607,6 +611,7 @@ def _cuda_grid(short, threads):
     """Blocks the CUDA launcher starts at the benchmark shapes (read from csrc/cuda/*.cu)."""
     return {"random_masking_forward_kernel": N, "random_masking_backward_kernel": N,
             "copy_patches_kernel": min(N * K, H100["sms"] * 8),
+            "copy_patches_vec_kernel": min(-(-N * K * (P // (8 * C)) // 256), H100["sms"] * 8),
             "unshuffle_forward_kernel": N * _R,
             "unshuffle_backward_rows_kernel": _R * -(-D_DEC // threads) * _CHUNKS,
             "unshuffle_backward_chunks_kernel": -(-_R * D_DEC // 256),
@@ -761,6 +766,12 @@ def below_target(rows):
             notes.append(f"{r['kernel_bytes'] / r['minimum_bytes']:.2f}x the minimum bytes (largest: "
                          + ", ".join(f"`{k['name'][:60]}` {_mb(k.get('read', 0) + k.get('written', 0))} MB"
                                      for k in big) + ")")
+        zeros = [k for k in r["kernels"] if k["name"] == "aten::zero_" and k.get("within", "").endswith(
+            "Backward/aten::zeros")]
+        if zeros:
+            notes.append(f"{len(zeros)} zero fill(s), {_mb(sum(k['written'] for k in zeros))} MB, that autograd "
+                         f"makes for the gradients of outputs nobody differentiates (torch.library's backward node "
+                         f"materialises them: ctx.set_materialize_grads(False) in setup_context would drop them)")
         for k in r["kernels"]:
             if k.get("fraction") is not None and k["fraction"] < TARGET_FRACTION:
                 notes.append(f"`{k['name'][:70]}` at {k['fraction']:.0%}: {_why(k)}")
