@@ -42,13 +42,6 @@ __global__ void __launch_bounds__(kThreads) copy_patches_kernel(const word* __re
   }
 }
 
-// 16-byte variant for the common case: the image's pixel rows contiguous (s_w == 1), and pw, every other stride and
-// both base addresses multiples of one 16-byte vector of kV = 16 / sizeof(word) elements (the host checks,
-// csrc/cuda/masked_patchify.cu, and takes copy_patches_kernel otherwise). One work item is kV columns of one
-// (frame, patch row) in all kC channels: kC 16-byte loads of channel runs in the image, transposed in registers
-// to channel-fastest order, kC 16-byte stores of the patch vector's contiguous kV * kC entries (or the reverse to
-// scatter). Items are numbered over the whole batch: item t = (row i, group g), g = (frame * ph + p_row) * runs +
-// run, runs = pw / kV; div_groups divides by the groups per row (P / (kV * kC)), div_runs by runs.
 // One 16-byte store. nvcc splits the plain uint4 store into the image into four 4-byte ones (the stride-apart
 // destinations of the scatter); st.global.wb.v4 keeps it whole.
 template <typename word>
@@ -60,6 +53,13 @@ __device__ __forceinline__ void store16(word* p, const uint4& v) {
 #endif
 }
 
+// 16-byte variant for the common case: the image's pixel rows contiguous (s_w == 1), and pw, every other stride and
+// both base addresses multiples of one 16-byte vector of kV = 16 / sizeof(word) elements (the host checks,
+// csrc/cuda/masked_patchify.cu, and takes copy_patches_kernel otherwise). One work item is kV columns of one
+// (frame, patch row) in all kC channels: kC 16-byte loads of channel runs in the image, transposed in registers
+// to channel-fastest order, kC 16-byte stores of the patch vector's contiguous kV * kC entries (or the reverse to
+// scatter). Items are numbered over the whole batch: item t = (row i, group g), g = (frame * ph + p_row) * runs +
+// run, runs = pw / kV; div_groups divides by the groups per row (P / (kV * kC)), div_runs by runs.
 template <bool kToImage, typename word, int kC, int kThreads>
 __global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* __restrict__ src,
                                                                     const int64_t* __restrict__ ids,
