@@ -10,7 +10,7 @@ DEPS    := "$(TORCHVISION)" transformers==5.23.0 triton ninja numpy setuptools w
 SOURCES := setup.py pyproject.toml $(wildcard python/*.py) $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h')
 GPU_RESULTS_DIR ?=
 
-.PHONY: venv install build wheel test-wheel test test-isa test-floor demo bench bench-compare gpu-check gpu-compare clean
+.PHONY: venv install build wheel test-wheel test test-isa test-floor demo bench bench-compare gpu-check gpu-compare static-report clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -124,6 +124,12 @@ gpu-compare:
 	  --out bench/results/compare --note "make gpu-compare" || rc=1; \
 	if [ -n "$(GPU_RESULTS_DIR)" ]; then mkdir -p "$(GPU_RESULTS_DIR)" && cp bench/results/compare/* "$(GPU_RESULTS_DIR)/"; fi; \
 	exit $$rc
+
+# The static per-kernel report (issue 13; estimates, no GPU): bench/results/static_report.{md,json} from an sm_90
+# build (SASS), the Triton kernels compiled for sm_90 and the launches counted in the CUDA emulator. Not in CI.
+static-report: venv
+	TORCH_CUDA_ARCH_LIST=9.0 $(PY) setup.py -q build_ext --inplace
+	TRITON_INTERPRET=0 nice $(PY) python/static_report.py
 
 clean:
 	rm -rf build dist *.egg-info mae_kernels/_C*.so mae_kernels/_build_info.py $(VENV) $(FLOOR_VENV)

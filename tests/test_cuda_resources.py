@@ -7,14 +7,12 @@ the build.
   flush-to-zero, no approximate square root or division); the raw-word copies move 16 bytes per access when the
   launcher picks 16-byte words.
 Each problem names the arch, the kernel and the fact that regressed."""
-import pathlib
 import re
-import shutil
-import subprocess
 
 import pytest
 
 import mae_kernels
+from mae_kernels.triton import compile_check as cc
 
 # Threads per block each launcher starts (csrc/cuda/*.cu); a new kernel must be added here.
 THREADS = {
@@ -24,6 +22,7 @@ THREADS = {
     "random_masking_forward_kernel": 512,    # cuda::kRandomMaskingThreads
     "random_masking_backward_kernel": 512,
     "copy_patches_kernel": 256,              # masked_patchify.cu kThreads
+    "copy_patches_vec_kernel": 256,          # masked_patchify.cu kThreads (the 16-byte path)
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
     "unshuffle_backward_mask_sum_kernel": 256,
@@ -46,40 +45,19 @@ STATIC_SHARED_LIMIT = 48 * 1024
 BLOCKS_PER_SM = 2
 
 
-def _cuobjdump():
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    import triton
-
-    bundled = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    return str(bundled) if bundled.exists() else None
-
-
 def _cuobjdump_of_extension(flag):
     """cuobjdump `flag` over mae_kernels._C (skips when the build has no CUDA kernels or there is no cuobjdump)."""
     if not mae_kernels._C.build_info()["with_cuda"]:
         pytest.skip("this build of mae_kernels._C has no CUDA kernels (MAE_KERNELS_BUILD_CUDA=0 or no nvcc)")
-    tool = _cuobjdump()
-    if tool is None:
+    if cc.cuobjdump_path() is None:
         pytest.skip("no cuobjdump (neither on PATH nor bundled with triton)")
-    return subprocess.run([tool, flag, mae_kernels._C.__file__], capture_output=True, text=True, check=True)
+    return cc.cuobjdump([flag, mae_kernels._C.__file__])
 
 
 def _kernels():
     """[(arch, kernel name, mangled name, {REG, STACK, SHARED, LOCAL})] of the built extension."""
-    out = _cuobjdump_of_extension("-res-usage")
-    kernels, arch = [], None
-    lines = out.stdout.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("arch = "):
-            arch = line.split("=", 1)[1].strip()
-        m = re.match(r"\s*Function (\S+):", line)
-        if m:
-            usage = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1])}
-            name = next((k for k in THREADS if k in m.group(1)), m.group(1))
-            kernels.append((arch, name, m.group(1), usage))
-    return kernels
+    return [(arch, next((k for k in THREADS if k in mangled), mangled), mangled, usage)
+            for (arch, mangled), usage in cc.parse_res_usage(_cuobjdump_of_extension("-res-usage")).items()]
 
 
 def _blocks_per_sm(arch, name, u):
@@ -128,41 +106,20 @@ def test_problems_are_reported():
 
 # --- facts read from the SASS ---------------------------------------------------------------------------
 
-_OPCODE = re.compile(r"\s*/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)")
-
-
 def _sass():
     """{(arch, mangled name): [opcodes]} of every kernel of the built extension."""
-    return _parse_sass(_cuobjdump_of_extension("-sass").stdout)
+    return _parse_sass(_cuobjdump_of_extension("-sass"))
 
 
-def _parse_sass(text):
-    kernels, arch, current = {}, None, None
-    for line in text.splitlines():
-        m = re.match(r"\s*code for (sm_\w+)", line)
-        if m:
-            arch = m.group(1)
-            continue
-        m = re.match(r"\s*Function : (\S+)", line)
-        if m:
-            current = kernels.setdefault((arch, m.group(1)), [])
-            continue
-        m = _OPCODE.match(line)
-        if m and current is not None:
-            current.append(m.group(1))
-    return kernels
+_parse_sass = cc.parse_sass
+_demangled = cc.demangle
 
 
 # Integer division by a runtime value: its reciprocal estimate converts the divisor with round-up (I2F.RP,
 # I2F.U32.RP, I2F.U64.RP), inline for 32 bits and in the 64-bit division subroutine.
 _INT_DIVISION = re.compile(r"I2F(\.[SU](32|64))?\.RP$")
-_COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>")
-
-
-def _demangled(names):
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
-    got = out.stdout.splitlines() if out.returncode == 0 else []
-    return dict(zip(names, got)) if len(got) == len(names) else {n: n for n in names}
+_COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>",
+                     "copy_patches_vec_kernel<")  # every instance of the patchify 16-byte path
 
 
 def _sass_problems(kernels):

@@ -99,6 +99,31 @@ def test_masked_patchify_layouts(backend, layout, dtype):
     check_masked_patchify(backend, "cpu", 14, 13, 28, 42, dtype, layout, K=3, N=1)
 
 
+def _offset_by_one(x):
+    """x's values in a tensor whose data starts one element past a 16-byte boundary (same strides)."""
+    flat = torch.empty(x.numel() + 1, dtype=x.dtype)[1:]
+    return flat.view(x.shape).copy_(x)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vector_copy_edges(backend, dtype):
+    """The CUDA copy moves 16 bytes per access where the layout allows it (csrc/cuda/masked_patchify.cu; under the
+    CUDA emulator, `cpu` runs it): one channel, three channels, a clip, and the generic copy for a sample or patch
+    vectors whose data is not 16-byte aligned; all bit-exact."""
+    check_patchify(backend, "cpu", 8, 1, 16, 24, dtype, "contiguous")
+    check_masked_patchify(backend, "cpu", 8, 3, 16, 24, dtype, "contiguous", K=4)
+    clip = torch.randn(2, 3, 4, 16, 8).to(dtype)
+    ids = random_ids(2, 4, 3, "cpu")
+    out = run_with(backend, mae_kernels.masked_patchify, clip, ids, (2, 8, 8))
+    assert_equal(out, reference.masked_patchify(clip, ids, (2, 8, 8)), "masked_patchify video")
+    imgs = _offset_by_one(torch.randn(2, 3, 16, 24).to(dtype))
+    out = run_with(backend, mae_kernels.patchify, imgs, 8)
+    assert_equal(out, reference.patchify(imgs, 8), "patchify of unaligned images")
+    back = run_with(backend, mae_kernels.unpatchify, _offset_by_one(out), 8, (16, 24))
+    assert_equal(back, imgs, "unpatchify of unaligned patch vectors")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_patchify_gradients(backend):
     """patchify and unpatchify are each other's backward; the Triton/compiled twins are differentiable twice.

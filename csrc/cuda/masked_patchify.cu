@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "cuda/kernels/masked_patchify.cuh"
 #include "masked_patchify_host.h"
@@ -16,11 +17,42 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Whether copy_patches_vec_kernel may copy between `image` and the patch vectors `patches`: every address it forms
+// must be a multiple of 16 bytes, so the pixel rows are contiguous and pw, the strides and both base addresses are
+// multiples of one vector (16 / sizeof(word) elements); 2- and 4-byte elements, 1 or 3 channels (its instances).
+template <typename word>
+bool vector_copy_applies(const PatchLayout& lay, const word* image, const word* patches) {
+  constexpr int64_t V = 16 / static_cast<int64_t>(sizeof(word));
+  if ((sizeof(word) != 2 && sizeof(word) != 4) || (lay.C != 1 && lay.C != 3) || lay.s_w != 1 || lay.pw % V != 0) {
+    return false;
+  }
+  if (lay.s_n % V != 0 || lay.s_t % V != 0 || lay.s_h % V != 0 || (lay.C > 1 && lay.s_c % V != 0)) return false;
+  return reinterpret_cast<uintptr_t>(image) % 16 == 0 && reinterpret_cast<uintptr_t>(patches) % 16 == 0;
+}
+
+template <bool kToImage, typename word, int kC>
+void launch_vector_copy(const word* src, const int64_t* ids, const PatchLayout& lay, int64_t rows, int64_t K,
+                        word* dst, int64_t cap) {
+  constexpr int64_t V = 16 / static_cast<int64_t>(sizeof(word));
+  const int64_t groups = lay.P() / (V * kC), items = rows * groups;  // an item: V columns x kC channels
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, cap));
+  copy_patches_vec_kernel<kToImage, word, kC, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      src, ids, lay, FastDivmod(K), FastDivmod(groups), FastDivmod(lay.pw / V), items, lay.P(), dst);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <bool kToImage, typename word>
 void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
-  // Blocks: one per row up to 8 per SM (a full SM at kThreads = 256), each then walks rows grid-stride.
+  // Blocks: one per row (16-byte path: per 256 items) up to 8 per SM (a full SM at kThreads = 256), each then
+  // walks grid-stride.
   const int64_t rows = N * K;
   const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  if constexpr (sizeof(word) == 2 || sizeof(word) == 4) {
+    if (vector_copy_applies(lay, kToImage ? dst : src, kToImage ? src : dst)) {
+      if (lay.C == 3) return launch_vector_copy<kToImage, word, 3>(src, ids, lay, rows, K, dst, cap);
+      return launch_vector_copy<kToImage, word, 1>(src, ids, lay, rows, K, dst, cap);
+    }
+  }
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(rows, cap));
   copy_patches_kernel<kToImage, word, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       src, ids, lay, FastDivmod(K), rows, lay.P(), dst);

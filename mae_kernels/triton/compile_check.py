@@ -419,16 +419,96 @@ def collect():
     return list(launches.values())
 
 
+# --- SASS and resource usage from cuobjdump (shared with tests/test_cuda_resources.py and python/static_report.py) -
+
+_SASS_LINE = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)([^;]*);")
+
+
+def cuobjdump_path(bundled_first=False):
+    """cuobjdump from PATH or the one bundled with triton (that one first if bundled_first), else None."""
+    import shutil
+
+    try:
+        import triton
+
+        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    except ImportError:
+        bundled = None
+    found = [bundled if bundled and os.path.exists(bundled) else None, shutil.which("cuobjdump")]
+    return next((t for t in (found if bundled_first else found[::-1]) if t), None)
+
+
+def cuobjdump(args, bundled_first=False):
+    """stdout of cuobjdump `args` (e.g. ["-sass", path])."""
+    tool = cuobjdump_path(bundled_first)
+    if tool is None:
+        raise FileNotFoundError("no cuobjdump (neither on PATH nor bundled with triton)")
+    return subprocess.run([tool, *args], capture_output=True, text=True, check=True).stdout
+
+
+def parse_sass_listing(text):
+    """{(arch, mangled name): [(address, opcode, operands)]} of a `cuobjdump -sass` listing (predicates dropped)."""
+    kernels, arch, current = {}, None, None
+    for line in text.splitlines():
+        m = re.match(r"\s*code for (sm_\w+)", line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            current = kernels.setdefault((arch, m.group(1)), [])
+            continue
+        m = _SASS_LINE.match(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
+    return kernels
+
+
+def parse_sass(text, below=0x10000):
+    """{(arch, mangled name): [opcodes]} of a `cuobjdump -sass` listing, of the instructions at addresses below
+    `below` (None: all). The default keeps tests/test_cuda_resources.py's checks as they were (its parser read
+    4-digit addresses only): past 64 KiB sit the compiler's IEEE division / square root helpers of the large
+    kernels, whose argument classification compares carry .FTZ (correct code its fast-math rule would flag)."""
+    return {k: [op for a, op, _ in v if below is None or a < below] for k, v in parse_sass_listing(text).items()}
+
+
+def parse_res_usage(text):
+    """{(arch, mangled name): {REG, STACK, SHARED, LOCAL}} of a `cuobjdump -res-usage` listing."""
+    kernels, arch = {}, None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("arch = "):
+            arch = line.split("=", 1)[1].strip()
+        m = re.match(r"\s*Function (\S+):", line)
+        if m and i + 1 < len(lines):
+            kernels[(arch, m.group(1))] = {k: int(v) for k, v in
+                                           re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1])}
+    return kernels
+
+
+def demangle(names):
+    """{mangled: demangled} through c++filt (names unchanged when it is missing)."""
+    names = list(names)
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    except FileNotFoundError:
+        return {n: n for n in names}
+    got = out.stdout.splitlines() if out.returncode == 0 else []
+    return dict(zip(names, got)) if len(got) == len(names) else {n: n for n in names}
+
+
+def sass_access_bytes(opcode):
+    """Bytes one thread moves with a global load/store opcode: LDG.E.128 -> 16, STG.E.U16 -> 2, LDG.E -> 4."""
+    m = re.search(r"\.(128|64|U16|S16|U8|S8)(?:\.|$)", opcode)
+    return {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}[m.group(1)] if m else 4
+
+
 def _resource_usage(cubin, arch, name):
     """(registers, local bytes) of the kernel in `cubin` from cuobjdump (bundled with triton)."""
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = cuobjdump(["--dump-resource-usage", f.name], bundled_first=True)
     m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", text)
     if m is None:
         raise RuntimeError(f"cannot read resource usage of {name} from cuobjdump:\n{text}")

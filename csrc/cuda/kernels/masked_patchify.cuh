@@ -1,5 +1,6 @@
-// Torch-free CUDA kernel of the patchify family: one block per patch-vector row (grid-stride), threads over its
-// P entries, each copied as a raw word of the element's width (bit-exact for every dtype). ids == nullptr means
+// Torch-free CUDA kernels of the patchify family, copying raw words of the element's width (bit-exact for every
+// dtype): copy_patches_vec_kernel moves 16 bytes per access where the layout allows it; copy_patches_kernel is the
+// generic one (one block per patch-vector row, grid-stride, threads over its P entries). ids == nullptr means
 // patch k of each image (K = L).
 #pragma once
 #include <cstdint>
@@ -37,6 +38,70 @@ __global__ void __launch_bounds__(kThreads) copy_patches_kernel(const word* __re
       const int64_t pixel = corner + (tabled ? table[j] : lay.in_patch(j));
       const int64_t e = i * P + j;
       dst[kToImage ? pixel : e] = src[kToImage ? e : pixel];
+    }
+  }
+}
+
+// One 16-byte store. nvcc splits the plain uint4 store into the image into four 4-byte ones (the stride-apart
+// destinations of the scatter); st.global.wb.v4 keeps it whole.
+template <typename word>
+__device__ __forceinline__ void store16(word* p, const uint4& v) {
+#if defined(__CUDA_ARCH__)
+  __stwb(reinterpret_cast<uint4*>(p), v);
+#else
+  *reinterpret_cast<uint4*>(p) = v;
+#endif
+}
+
+// 16-byte variant for the common case: the image's pixel rows contiguous (s_w == 1), and pw, every other stride and
+// both base addresses multiples of one 16-byte vector of kV = 16 / sizeof(word) elements (the host checks,
+// csrc/cuda/masked_patchify.cu, and takes copy_patches_kernel otherwise). One work item is kV columns of one
+// (frame, patch row) in all kC channels: kC 16-byte loads of channel runs in the image, transposed in registers
+// to channel-fastest order, kC 16-byte stores of the patch vector's contiguous kV * kC entries (or the reverse to
+// scatter). Items are numbered over the whole batch: item t = (row i, group g), g = (frame * ph + p_row) * runs +
+// run, runs = pw / kV; div_groups divides by the groups per row (P / (kV * kC)), div_runs by runs.
+template <bool kToImage, typename word, int kC, int kThreads>
+__global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* __restrict__ src,
+                                                                    const int64_t* __restrict__ ids,
+                                                                    PatchLayout lay, FastDivmod div_K,
+                                                                    FastDivmod div_groups, FastDivmod div_runs,
+                                                                    int64_t items, int64_t P,
+                                                                    word* __restrict__ dst) {
+  constexpr int kV = 16 / static_cast<int>(sizeof(word));
+  union Vectors {  // kC vectors, seen as their words
+    uint4 v[kC];
+    word w[kV * kC];
+  };
+#pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < items;
+       t += static_cast<int64_t>(gridDim.x) * kThreads) {
+    int64_t g, k, run, p_row;
+    const int64_t i = div_groups.divmod(t, &g);
+    const int64_t n = div_K.divmod(i, &k);
+    const int64_t frame = lay.div_ph.divmod(div_runs.divmod(g, &run), &p_row);
+    const int64_t pixel = lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV;
+    const int64_t e = i * P + g * (kV * kC);
+    Vectors in, out;
+    if (!kToImage) {
+#pragma unroll
+      for (int c = 0; c < kC; ++c) in.v[c] = *reinterpret_cast<const uint4*>(src + pixel + c * lay.s_c);
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+#pragma unroll
+        for (int v = 0; v < kV; ++v) out.w[v * kC + c] = in.w[c * kV + v];
+      }
+#pragma unroll
+      for (int c = 0; c < kC; ++c) reinterpret_cast<uint4*>(dst + e)[c] = out.v[c];
+    } else {
+#pragma unroll
+      for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(src + e)[c];
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+#pragma unroll
+        for (int v = 0; v < kV; ++v) out.w[c * kV + v] = in.w[v * kC + c];
+      }
+#pragma unroll
+      for (int c = 0; c < kC; ++c) store16(dst + pixel + c * lay.s_c, out.v[c]);
     }
   }
 }
