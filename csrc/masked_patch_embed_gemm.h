@@ -4,7 +4,8 @@
 // Conv3d weight [D, C, u, ph, pw] is permuted to the patch-vector order (frame, p_row, p_col, c).
 // Positional rows: pos_embed [1, R, D] alone, R = L or 1 + L (a leading cls row is skipped): row R - L + l;
 // or the separable pair pos_embed = spatial [1, hw, D] and pos_temporal [1, t, D]: spatial[l % hw] +
-// temporal[l / hw], gathered per kept token (the [L, D] sum is never formed).
+// temporal[l / hw], read per kept token by one epilogue kernel of the backend over the GEMM output (neither the
+// gathered rows nor the [L, D] sum are formed), in place when the output dtype is the GEMM's.
 // Output dtype: imgs' dtype promoted with the positional tables' (as the reference's add).
 #pragma once
 #include <ATen/ATen.h>
@@ -14,9 +15,39 @@
 
 namespace mae_kernels {
 
-inline at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tensor& ids_keep, const at::Tensor& weight,
-                                          const at::Tensor& bias, const std::optional<at::Tensor>& pos_embed,
-                                          const std::optional<at::Tensor>& pos_temporal) {
+// The positional epilogue's operands, for the backend's kernel (add_positions below): out[r] = gemm[r] +
+// table[first + ids[r]], or with temporal defined gemm[r] + (table[ids[r] % hw] + temporal[ids[r] / hw]); each add
+// in fp32, the pair's sum rounded to the tables' dtype, the result rounded once to out's (eager's order and
+// promotion, so results are bit-identical to `out + rows`). All [rows, D] / [R, D] tensors contiguous.
+struct PosEpilogue {
+  at::Tensor gemm;      // [N * K, D], imgs' dtype
+  at::Tensor ids;       // [N * K] int64
+  at::Tensor table;     // pos_embed [R, D], or the spatial [hw, D] of the separable pair
+  at::Tensor temporal;  // undefined, or the pair's temporal [t, D] in table's dtype
+  at::Tensor out;       // [N * K, D], promote(gemm, table); gemm itself when the dtypes agree
+  int64_t first = 0, hw = 1, D = 0;
+};
+
+// f(g, p) with g, p value-initialised fp32 / fp16 / bf16 of the GEMM output's and the tables' dtypes (the only
+// dtypes the op accepts; the output type is their promotion).
+template <typename F>
+void dispatch_pos_epilogue(const PosEpilogue& e, F&& f) {
+  const auto with = [](at::ScalarType t, auto&& g) {
+    switch (t) {
+      case at::kFloat: g(float{}); break;
+      case at::kHalf: g(at::Half{}); break;
+      case at::kBFloat16: g(at::BFloat16{}); break;
+      default: TORCH_CHECK(false, "mae_kernels::masked_patch_embed: unsupported dtype ", t);
+    }
+  };
+  with(e.gemm.scalar_type(), [&](auto g) { with(e.table.scalar_type(), [&](auto p) { f(g, p); }); });
+}
+
+// add_positions(const PosEpilogue&): the backend's epilogue (csrc/cpu, csrc/cuda), called when there are rows.
+template <typename AddPositions>
+at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tensor& ids_keep, const at::Tensor& weight,
+                                   const at::Tensor& bias, const std::optional<at::Tensor>& pos_embed,
+                                   const std::optional<at::Tensor>& pos_temporal, AddPositions&& add_positions) {
   static auto masked_patchify = c10::Dispatcher::singleton()
                                     .findSchemaOrThrow("mae_kernels::masked_patchify", "")
                                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef)>();
@@ -41,20 +72,31 @@ inline at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tens
   } else {
     out = at::addmm(bias, patches, w.t());
   }
-  out = out.view({N, K, D});
-  const at::Tensor ids = ids_keep.reshape({N * K});
-  if (pos_temporal.has_value()) {
-    TORCH_CHECK(pos_embed.has_value(), "mae_kernels::masked_patch_embed: pos_temporal needs the spatial pos_embed");
-    const int64_t hw = pos_embed->size(-2);
-    const at::Tensor spatial = pos_embed->reshape({hw, D}).index_select(0, ids.remainder(hw));
-    const at::Tensor temporal = pos_temporal->reshape({-1, D}).index_select(0, ids.div(hw, "floor"));
-    out = out + (spatial + temporal).view({N, K, D});  // spatial + temporal first, in their promoted dtype
-  } else if (pos_embed.has_value()) {
-    const int64_t L = (video ? imgs.size(2) / u : 1) * (imgs.size(-2) / ph) * (imgs.size(-1) / pw);
-    const int64_t first = pos_embed->size(-2) - L;  // 1 when row 0 is the cls token's, else 0
-    out = out + pos_embed->reshape({-1, D}).index_select(0, ids + first).view({N, K, D});
+  if (!pos_embed.has_value()) {
+    TORCH_CHECK(!pos_temporal.has_value(),
+                "mae_kernels::masked_patch_embed: pos_temporal needs the spatial pos_embed");
+    return out.view({N, K, D});
   }
-  return out;
+  PosEpilogue e;
+  e.gemm = out.contiguous();  // addmm's fresh output: already contiguous
+  e.ids = ids_keep.reshape({N * K}).contiguous();
+  e.D = D;
+  if (pos_temporal.has_value()) {
+    // The pair in its promoted dtype (exact: fp16 and bf16 values are fp32 values), as eager's spatial + temporal.
+    const at::ScalarType st = at::promote_types(pos_embed->scalar_type(), pos_temporal->scalar_type());
+    e.hw = pos_embed->size(-2);
+    e.table = pos_embed->reshape({e.hw, D}).to(st).contiguous();
+    e.temporal = pos_temporal->reshape({-1, D}).to(st).contiguous();
+  } else {
+    const int64_t L = (video ? imgs.size(2) / u : 1) * (imgs.size(-2) / ph) * (imgs.size(-1) / pw);
+    e.first = pos_embed->size(-2) - L;  // 1 when row 0 is the cls token's, else 0
+    e.table = pos_embed->reshape({-1, D}).contiguous();
+  }
+  const at::ScalarType out_dtype = at::promote_types(e.gemm.scalar_type(), e.table.scalar_type());
+  // In place over the GEMM output when it already has the output dtype (a fresh tensor of this call).
+  e.out = out_dtype == e.gemm.scalar_type() ? e.gemm : at::empty({N * K, D}, e.gemm.options().dtype(out_dtype));
+  if (N * K > 0) add_positions(e);
+  return e.out.view({N, K, D});
 }
 
 }  // namespace mae_kernels

@@ -30,6 +30,7 @@ THREADS = {
     "masked_mse_rows_kernel": 256,           # masked_mse_loss.cu kThreads (also its __launch_bounds__)
     "mask_to_indices_kernel": 256,           # cuda::kMaskToIndicesThreads (also its __launch_bounds__)
     "tube_mask_indices_kernel": 512,         # cuda::kTubeThreads (also its __launch_bounds__)
+    "pos_embed_epilogue_kernel": 256,        # cuda::kPosEpilogueThreads (also its __launch_bounds__)
 }
 # Largest dynamic shared memory a launcher asks for (bytes): the sort keys of L = kRandomMaskingMaxL = 8192
 # tokens, int64; the backward's int32 ranks.
@@ -119,7 +120,8 @@ _demangled = cc.demangle
 # I2F.U32.RP, I2F.U64.RP), inline for 32 bits and in the 64-bit division subroutine.
 _INT_DIVISION = re.compile(r"I2F(\.[SU](32|64))?\.RP$")
 _COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>",
-                     "copy_patches_vec_kernel<")  # every instance of the patchify 16-byte path
+                     "copy_patches_vec_kernel<",  # every instance of the patchify 16-byte path
+                     "pos_embed_epilogue_kernel<true,")  # masked_patch_embed's 16-byte packs
 
 
 def _sass_problems(kernels):

@@ -112,6 +112,41 @@ def test_mixed_pos_dtype(backend):
           slack=triton_slack(backend, torch.bfloat16))
 
 
+@pytest.mark.parametrize("pos_dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pos_epilogue_is_eager_add_bitwise_cpu(dtype, pos_dtype):
+    """The compiled op's positional epilogue (one pass over the GEMM output, csrc/masked_patch_embed_gemm.h) gives
+    eager's `gemm + rows` bit for bit: every dtype pair's promotion, the separable pair's sum rounded to its own
+    dtype first, overflow to inf and subnormal rows; 16-byte packs (D = 16) and the element fallback (D = 7; a
+    table starting one element off its alignment). Under the CUDA emulator this runs the CUDA kernel."""
+    op = torch.ops.mae_kernels.masked_patch_embed
+    gen = torch.Generator().manual_seed(0)
+    N, C, T, H, W, u, p, K = 2, 2, 4, 4, 6, 2, 2, 5  # t, h, w = 2, 2, 3: L = 12, hw = 6
+    hw, L = 6, 12
+    ids = torch.stack([torch.randperm(L, generator=gen)[:K] for _ in range(N)])
+    for D, shift in ((16, 0), (7, 0), (16, 1)):
+        def table(rows, table_dtype):
+            flat = torch.randn(shift + rows * D, generator=gen)
+            flat[shift::D] = 6e4  # overflows fp16 once the GEMM adds to it
+            flat[shift + 1::D] = 1e-39  # fp32 subnormal
+            return flat.to(table_dtype)[shift:].view(1, rows, D)
+
+        imgs = torch.randn(N, C, T, H, W, generator=gen).to(dtype)
+        weight = (torch.randn(D, C, u, p, p, generator=gen) * 100).to(dtype)
+        bias = torch.randn(D, generator=gen).to(dtype)
+        gemm = op(imgs, ids, weight, bias, None)
+        flat_ids = ids.reshape(-1)
+        pos = table(1 + L, pos_dtype)
+        want = gemm + pos[0].index_select(0, flat_ids + 1).view(N, K, D)
+        got = op(imgs, ids, weight, bias, pos)
+        assert got.dtype == want.dtype and torch.equal(got, want), (D, shift)
+        spatial, temporal = table(hw, pos_dtype), table(2, dtype)  # the pair in two dtypes when they differ
+        rows = spatial[0].index_select(0, flat_ids % hw) + temporal[0].index_select(0, flat_ids // hw)
+        want = gemm + rows.view(N, K, D)
+        got = op(imgs, ids, weight, bias, spatial, temporal)
+        assert got.dtype == want.dtype and torch.equal(got, want), (D, shift)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_no_pos_embed_and_no_bias(backend):
     imgs, weight, bias, _ = make_inputs(2, 3, 6, 4, 8, 2, torch.float32, "cpu")

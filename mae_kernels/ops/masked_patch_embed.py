@@ -4,7 +4,8 @@ images (Conv2d patch embedding) and videos (Conv3d tubelet embedding).
 tokens[n, k] = W . patch(imgs[n], ids_keep[n, k]) + b (+ pos[ids_keep[n, k]]), equal to the official Conv2d /
 Conv3d patch embedding of all L patches + the positional embedding followed by the mask gather, about
 1 / (1 - mask_ratio) times cheaper. Compiled op mae_kernels::masked_patch_embed (CPU: compiled gather +
-at::addmm; CUDA: gather kernel + cuBLAS) and its Triton twin masked_patch_embed_triton (one GEMM loading its A
+at::addmm; CUDA: gather kernel + cuBLAS; then one positional epilogue pass over the GEMM output, which reads the
+table rows in place: csrc/masked_patch_embed_gemm.h) and its Triton twin masked_patch_embed_triton (one GEMM loading its A
 tiles from the pixels) share:
   (imgs [N, C, H, W] or [N, C, T, H, W], ids_keep [N, K] int64, weight [D, C, ph, pw] or [D, C, u, ph, pw],
    bias [D], pos_embed, pos_temporal) -> [N, K, D], dtype of imgs promoted with the positional tables'.
