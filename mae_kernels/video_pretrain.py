@@ -41,7 +41,14 @@ def parse_args(argv):
                    help="main_pretrain.py's default (PRETRAIN.md's long runs use 0.9)")
     p.add_argument("--mask-type", default="random", choices=MASK_TYPES,
                    help="random: mae_st (over all spacetime tokens); tube: VideoMAE (one spatial mask per clip)")
-    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-patch normalised target (mae_st's recipe; default with --data). The embedded demo "
+                        "defaults to --no-norm-pix-loss, as the official MAE visualisation model: its figure "
+                        "then shows the model's own pixels, not patch colours taken from the original")
+    p.add_argument("--pos-init", choices=("sincos", "mae_st"), default=None,
+                   help="initial positional embeddings: mae_st's trunc_normal(0.02) (default with --data) or "
+                        "sin-cos tables (default for the embedded demo: a few minutes of training learn far more "
+                        "from them); learned either way")
     p.add_argument("--batch-size", type=int, default=16, help="clips per process")
     p.add_argument("--accum-iter", type=int, default=1)
     p.add_argument("--epochs", type=int, default=8)
@@ -82,14 +89,43 @@ def parse_args(argv):
         args.pred_t_dim = args.num_frames // 2
     if args.blr is None:
         args.blr = 1.6e-3 if args.data else 1.6e-2
+    if args.norm_pix_loss is None:
+        args.norm_pix_loss = bool(args.data)
+    if args.pos_init is None:
+        args.pos_init = "mae_st" if args.data else "sincos"
     return args
 
 
 def build_model(args):
-    return VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
-                                    t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
-                                    norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
-                                    use_fused_ops=args.fused)
+    model = VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
+                                     t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
+                                     norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
+                                     use_fused_ops=args.fused)
+    if args.pos_init == "sincos":
+        sincos_pos_init(model)
+    return model
+
+
+@torch.no_grad()
+def sincos_pos_init(model):
+    """Start the learned positional embeddings (encoder and decoder) from fixed sin-cos tables, as the image MAE's
+    are (2-D over the frame's patch grid, plus 1-D over the temporal index), instead of mae_st's
+    trunc_normal(0.02): neighbouring tokens then start with similar embeddings, which a run of a few minutes
+    cannot learn from random ones. They stay trainable; the cls rows stay as initialised."""
+    from .models.pos_embed import sincos_1d, sincos_2d
+
+    t, h, w = model.input_size
+    for prefix in ("", "decoder_"):
+        if model.sep_pos_embed:
+            spatial = getattr(model, prefix + "pos_embed_spatial")
+            D = spatial.shape[-1]
+            spatial.copy_(sincos_2d(D, (h, w)).unsqueeze(0))
+            getattr(model, prefix + "pos_embed_temporal").copy_(sincos_1d(D, torch.arange(t)).float().unsqueeze(0))
+        else:
+            table = getattr(model, prefix + "pos_embed")  # [1, (1 +) L, D]
+            D = table.shape[-1]
+            grid = sincos_2d(D, (h, w)).repeat(t, 1) + sincos_1d(D, torch.arange(t)).float().repeat_interleave(h * w, 0)
+            table[0, table.shape[1] - t * h * w:].copy_(grid)
 
 
 def build_data(args, rank, world):
@@ -166,7 +202,8 @@ def _train(args, device, rank, world):
               f"tubelets {args.t_patch_size}x{model.patch_size[0]}x{model.patch_size[1]} (L = {t}x{h}x{w} = "
               f"{t * h * w}), {args.mask_type} masking {args.mask_ratio:.0%}, target frames "
               f"{model.target_frames.tolist()}, device {device}, {world} process(es), fused ops "
-              f"{'on' if args.fused else 'off'}, autocast {args.amp}")
+              f"{'on' if args.fused else 'off'}, autocast {args.amp}, "
+              f"norm_pix_loss {'on' if args.norm_pix_loss else 'off'}")
         print(f"data: {what}, effective batch {eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), "
               f"{args.epochs} epochs x {steps_per_epoch} steps")
 
