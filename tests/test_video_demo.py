@@ -28,3 +28,10 @@ def test_sincos_pos_init():
     mae_st = video_pretrain.build_model(video_pretrain.parse_args(["--input-size", "32", "--num-frames", "4",
                                                                     "--pos-init", "mae_st"]))
     assert mae_st.pos_embed_spatial.abs().max() < 0.15  # trunc_normal(std 0.02): 7.5 std, never reached
+
+
+def test_demo_schedule_defaults():
+    demo, data = video_pretrain.parse_args([]), video_pretrain.parse_args(["--data", "somewhere"])
+    assert (demo.batch_size, demo.epochs, demo.blr) == (8, 16, 6.4e-2)  # 1024 steps at lr 2e-3
+    assert (data.batch_size, data.epochs, data.blr) == (16, 8, 1.6e-3)
+    assert video_pretrain.parse_args(["--batch-size", "4", "--epochs", "2"]).batch_size == 4
