@@ -2,7 +2,8 @@
 PRETRAIN.md's recommended run): an mae_st model (sep_pos_embed, cls_embed, t_patch_size 2), random masking over
 all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight
 decay 0.05 except biases and norms, lr = blr * effective batch / 256 with warmup then half-cycle cosine,
-optional gradient clipping, fp32 (mae_st uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model.
+optional gradient clipping, fp32 (mae_st uses no autocast; --amp bf16 opts in). --mask-type tube selects
+VideoMAE's tube masking on the same model.
 
 With no --data: a tiny video MAE (mae_st_vit_tiny: 8 frames of 64x64) trained for a few CPU minutes on clips
 synthesised from scikit-image's photographs (pans, zooms, a moving crop); writes a frames-grid reconstruction
@@ -10,9 +11,9 @@ figure and the loss curve to runs/video_demo/. For a figure a person can read af
 demo departs from mae_st's recipe in three defaults: pixel targets (--no-norm-pix-loss, as the official MAE
 visualisation model: the figure shows the model's own pixels, not patch colours copied from the original),
 sin-cos initial positional embeddings (--pos-init sincos; mae_st's random ones leave the decoder predicting
-one mean colour per clip for hundreds of steps) and lr 2e-3 (blr 6.4e-2 at batch 8). --data DIR: a folder of video files (PyAV), num_frames frames
-every --sampling-rate frames (mae_st's sampling). Checkpoints resume exactly (--resume), DDP via torchrun as
-`mae-kernels pretrain`.
+one mean colour per clip for hundreds of steps), 1024 steps of 8 clips at lr 2e-3 (blr 6.4e-2). --data DIR: a
+folder of video files (PyAV), num_frames frames every --sampling-rate frames (mae_st's sampling), with mae_st's
+defaults. Checkpoints resume exactly (--resume), DDP via torchrun as `mae-kernels pretrain`.
 """
 import argparse
 import contextlib
