@@ -114,12 +114,13 @@ gpu-check:
 	bash python/gpu_check.sh "$(GPU_RESULTS_DIR)"
 
 # Second GPU call (after gpu-check): the comparisons with torch.compile, whose compilations take minutes: the
-# whole training step with all four providers (ViT-B/16, then ViT-L/16 as time allows) and every op in `full` mode.
+# whole training step with all four providers (ViT-B/16 and VideoMAE-B, then ViT-L/16 as time allows) and every
+# op in `full` mode.
 gpu-compare:
 	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 python3 setup.py -q build_ext --inplace
 	export TRITON_INTERPRET=0; rc=0; \
-	timeout -s INT 300 python3 -m mae_kernels bench-step --out bench/results/compare --time-budget 230 \
-	  --note "make gpu-compare" || rc=1; \
+	timeout -s INT 300 python3 -m mae_kernels bench-step --configs base,videomae-b,large --out bench/results/compare \
+	  --time-budget 230 --note "make gpu-compare" || rc=1; \
 	timeout -s INT 230 python3 -m mae_kernels bench --providers reference,compile,triton,cuda --modes full \
 	  --out bench/results/compare --note "make gpu-compare" || rc=1; \
 	if [ -n "$(GPU_RESULTS_DIR)" ]; then mkdir -p "$(GPU_RESULTS_DIR)" && cp bench/results/compare/* "$(GPU_RESULTS_DIR)/"; fi; \

@@ -2,8 +2,9 @@
 
 Benchmarks disabled (plain CI): a smoke run at batch 4: the provider's first-step loss is checked against the
 eager model's (same weights, images and noise), then one more step must give a finite loss. With
---benchmark-enable: the tiny config at batch 64 on CPU machines, ViT-B/16 224 at batch 256 (bf16 autocast) on
-GPU, timed per step with benchmark.pedantic; images/s goes to extra_info. Full comparisons, with peak memory
+--benchmark-enable: the tiny config at batch 64 and video-tiny at 16 clips on CPU machines, ViT-B/16 224 at batch
+256 and VideoMAE-B at 32 clips (bf16 autocast) on GPU, timed per step with benchmark.pedantic; images/s (clips/s)
+goes to extra_info. Full comparisons, with peak memory
 and the issue's targets: `mae-kernels bench-step`."""
 import math
 
@@ -37,7 +38,7 @@ def run_step_bench(benchmark, config_name, provider, device, timed_batch, rounds
     for _ in range(2):
         runner.step()
     benchmark.pedantic(runner.step, rounds=rounds, warmup_rounds=1)
-    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+    benchmark.extra_info[f"{config.unit}_per_s"] = batch / benchmark.stats.stats.median
     assert math.isfinite(runner.step().float().item())
 
 
@@ -53,3 +54,19 @@ def test_train_step_tiny_cpu(benchmark, provider):
 @pytest.mark.parametrize("provider", train_step.PROVIDERS)
 def test_train_step_base_gpu(benchmark, provider):
     run_step_bench(benchmark, "base", provider, torch.device("cuda"), timed_batch=256, rounds=15)
+
+
+# Not the compiled providers: a cold torch.compile of the video model costs ~30 s each, over CI's budget;
+# `mae-kernels bench-step --configs video-tiny` runs them (tests/test_video_model.py: fullgraph, aot_eager).
+@pytest.mark.parametrize("provider", ["eager", "fused"])
+def test_train_step_video_tiny_cpu(benchmark, provider):
+    if not benchmark.disabled and HAS_GPU:
+        pytest.skip("timed on CPU-only machines (results are keyed by the default device); smoke-tested here")
+    run_step_bench(benchmark, "video-tiny", provider, torch.device("cpu"), timed_batch=16, rounds=20)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("provider", train_step.PROVIDERS)
+def test_train_step_videomae_b_gpu(benchmark, provider):
+    run_step_bench(benchmark, "videomae-b", provider, torch.device("cuda"), timed_batch=32, rounds=15)

@@ -88,10 +88,10 @@ def save_loss_curve(losses, path, title="MAE pre-training loss"):
 
 @torch.no_grad()
 def video_reconstructions(model, clips, mask_ratio=0.9, noise=None):
-    """For a video MAE (models.VideoMaskedAutoencoderViT): (original, masked, reconstruction with the visible
-    tubelets pasted) of its target frames (model.target_frames), each [N, C, pred_t_dim, H, W] in the clips'
-    normalised space. With norm_pix_loss the predictions are turned back into pixels with each target patch's
-    own mean and std."""
+    """For a video MAE (models.VideoMaskedAutoencoderViT): (original, masked, reconstruction, reconstruction with
+    the visible tubelets pasted) of its target frames (model.target_frames), each [N, C, pred_t_dim, H, W] in the
+    clips' normalised space. With norm_pix_loss the predictions are turned back into pixels with each target
+    patch's own mean and std (taken from the original: the patch colours are then the truth's, not learned)."""
     was_training = model.training
     model.eval()
     try:
@@ -106,25 +106,27 @@ def video_reconstructions(model, clips, mask_ratio=0.9, noise=None):
         pred = reference.denormalize_pred(pred, target, patch)
     recon = reference.unpatchify(pred, patch, size)
     removed = reference.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, pred.shape[-1]), patch, size)
-    return target, target * (1 - removed), recon * removed + target * (1 - removed)
+    return target, target * (1 - removed), recon, recon * removed + target * (1 - removed)
 
 
 def save_video_reconstruction_figure(model, clips, path, mask_ratio=0.9, noise=None, max_frames=4):
-    """A frames grid: for each clip, rows original / masked / reconstruction (visible tubelets pasted), columns
-    up to max_frames of the target frames (evenly spaced)."""
+    """A frames grid: for each clip, rows original / masked / reconstruction / reconstruction with the visible
+    tubelets pasted (the official MAE demo's columns), columns up to max_frames of the target frames (evenly
+    spaced)."""
     from .video_data import denormalize_video
 
     plt = _pyplot()
     rows = [denormalize_video(v) for v in video_reconstructions(model, clips, mask_ratio, noise)]
     frames = model.target_frames.tolist()
     cols = torch.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().long().tolist()
-    titles = ("original", f"masked ({mask_ratio:.0%})", "reconstruction + visible")
-    n = clips.shape[0]
-    fig, axes = plt.subplots(3 * n, len(cols), figsize=(2.2 * len(cols), 2.3 * 3 * n), squeeze=False)
+    recon = "reconstruction" + (" (patch mean/std\nfrom the original)" if model.norm_pix_loss else "")
+    titles = ("original", f"masked ({mask_ratio:.0%})", recon, "reconstruction\n+ visible")
+    n, R = clips.shape[0], len(titles)
+    fig, axes = plt.subplots(R * n, len(cols), figsize=(2.2 * len(cols), 2.3 * R * n), squeeze=False)
     for i in range(n):
-        for r in range(3):
+        for r in range(R):
             for c, k in enumerate(cols):
-                ax = axes[3 * i + r][c]
+                ax = axes[R * i + r][c]
                 ax.imshow(rows[r][i, :, k].permute(1, 2, 0).numpy())
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -1,17 +1,22 @@
 """`mae-kernels pretrain --video`: video MAE pre-training with facebookresearch/mae_st's recipe (main_pretrain.py,
 PRETRAIN.md's recommended run): an mae_st model (sep_pos_embed, cls_embed, t_patch_size 2), random masking over
-all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight decay 0.05 except biases and norms,
-lr = blr * effective batch / 256 with warmup then half-cycle cosine, optional gradient clipping, fp32 (mae_st
-uses no autocast; --amp bf16 opts in). --mask-type tube selects VideoMAE's tube masking on the same model;
+all spacetime tokens (ratio 0.75; PRETRAIN.md: 0.9 for long runs), norm_pix_loss, AdamW (0.9, 0.95), weight
+decay 0.05 except biases and norms, lr = blr * effective batch / 256 with warmup then half-cycle cosine,
+optional gradient clipping, fp32 (mae_st uses no autocast; --amp bf16 opts in). --mask-type tube selects
+VideoMAE's tube masking on the same model;
 --decoder-mask-ratio R (with --decoder-mask-type, --decoder-mask-scope: `mae-kernels pretrain`'s flags) VideoMAE
 v2's dual masking in training. Every epoch logs a held-out loss (the figure's clips, fixed encoder masks, every
 position decoded) that compares runs with different decoder masking.
 
 With no --data: a tiny video MAE (mae_st_vit_tiny: 8 frames of 64x64) trained for a few CPU minutes on clips
 synthesised from scikit-image's photographs (pans, zooms, a moving crop); writes a frames-grid reconstruction
-figure and the loss curve to runs/video_demo/. --data DIR: a folder of video files (PyAV), num_frames frames
-every --sampling-rate frames (mae_st's sampling). Checkpoints resume exactly (--resume), DDP via torchrun as
-`mae-kernels pretrain`.
+figure and the loss curve to runs/video_demo/. For a figure a person can read after 1024 steps of 8 clips, the
+demo departs from mae_st's recipe in three defaults: pixel targets (--no-norm-pix-loss, as the official MAE
+visualisation model: the figure shows the model's own pixels, not patch colours copied from the original),
+sin-cos initial positional embeddings (--pos-init sincos; mae_st's random ones leave the decoder predicting
+one mean colour per clip for hundreds of steps), 1024 steps of 8 clips at lr 2e-3 (blr 6.4e-2). --data DIR: a
+folder of video files (PyAV), num_frames frames every --sampling-rate frames (mae_st's sampling), with mae_st's
+defaults. Checkpoints resume exactly (--resume), DDP via torchrun as `mae-kernels pretrain`.
 """
 import argparse
 import contextlib
@@ -45,15 +50,23 @@ def parse_args(argv):
                    help="main_pretrain.py's default (PRETRAIN.md's long runs use 0.9)")
     p.add_argument("--mask-type", default="random", choices=MASK_TYPES,
                    help="random: mae_st (over all spacetime tokens); tube: VideoMAE (one spatial mask per clip)")
-    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-patch normalised target (mae_st's recipe; default with --data). The embedded demo "
+                        "defaults to --no-norm-pix-loss, as the official MAE visualisation model: its figure "
+                        "then shows the model's own pixels, not patch colours taken from the original")
+    p.add_argument("--pos-init", choices=("sincos", "mae_st"), default=None,
+                   help="initial positional embeddings: mae_st's trunc_normal(0.02) (default with --data) or "
+                        "sin-cos tables (default for the embedded demo: a few minutes of training learn far more "
+                        "from them); learned either way")
     add_decoder_mask_args(p)
-    p.add_argument("--batch-size", type=int, default=16, help="clips per process")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per process (default 16; the embedded demo: 8, twice the steps for the same clips)")
     p.add_argument("--accum-iter", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None, help="default 8; the embedded demo: 16 (1024 steps)")
     p.add_argument("--warmup-epochs", type=float, default=1)
     p.add_argument("--blr", type=float, default=None,
                    help="base lr: lr = blr * effective batch / 256 (mae_st PRETRAIN.md 1.6e-3; the embedded demo, "
-                        "minutes instead of 100s of epochs, defaults to 1.6e-2)")
+                        "minutes instead of 100s of epochs, defaults to 6.4e-2: lr 2e-3 at batch 8)")
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -73,6 +86,11 @@ def parse_args(argv):
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
+    demo = not args.data  # the embedded clips: defaults for a readable figure after a few CPU minutes
+    if args.batch_size is None:
+        args.batch_size = 8 if demo else 16
+    if args.epochs is None:
+        args.epochs = 16 if demo else 8
     for name in ("batch_size", "accum_iter", "epochs", "samples_per_epoch", "sampling_rate", "t_patch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -87,15 +105,44 @@ def parse_args(argv):
     if args.pred_t_dim is None:
         args.pred_t_dim = args.num_frames // 2
     if args.blr is None:
-        args.blr = 1.6e-3 if args.data else 1.6e-2
+        args.blr = 1.6e-3 if args.data else 6.4e-2
+    if args.norm_pix_loss is None:
+        args.norm_pix_loss = bool(args.data)
+    if args.pos_init is None:
+        args.pos_init = "mae_st" if args.data else "sincos"
     return args
 
 
 def build_model(args):
-    return VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
-                                    t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
-                                    norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
-                                    use_fused_ops=args.fused, **decoder_mask_kwargs(args))
+    model = VIDEO_MODELS[args.model](img_size=args.input_size, num_frames=args.num_frames,
+                                     t_patch_size=args.t_patch_size, pred_t_dim=args.pred_t_dim,
+                                     norm_pix_loss=args.norm_pix_loss, mask_type=args.mask_type,
+                                     use_fused_ops=args.fused, **decoder_mask_kwargs(args))
+    if args.pos_init == "sincos":
+        sincos_pos_init(model)
+    return model
+
+
+@torch.no_grad()
+def sincos_pos_init(model):
+    """Start the learned positional embeddings (encoder and decoder) from fixed sin-cos tables, as the image MAE's
+    are (2-D over the frame's patch grid, plus 1-D over the temporal index), instead of mae_st's
+    trunc_normal(0.02): neighbouring tokens then start with similar embeddings, which a run of a few minutes
+    cannot learn from random ones. They stay trainable; the cls rows stay as initialised."""
+    from .models.pos_embed import sincos_1d, sincos_2d
+
+    t, h, w = model.input_size
+    for prefix in ("", "decoder_"):
+        if model.sep_pos_embed:
+            spatial = getattr(model, prefix + "pos_embed_spatial")
+            D = spatial.shape[-1]
+            spatial.copy_(sincos_2d(D, (h, w)).unsqueeze(0))
+            getattr(model, prefix + "pos_embed_temporal").copy_(sincos_1d(D, torch.arange(t)).float().unsqueeze(0))
+        else:
+            table = getattr(model, prefix + "pos_embed")  # [1, (1 +) L, D]
+            D = table.shape[-1]
+            grid = sincos_2d(D, (h, w)).repeat(t, 1) + sincos_1d(D, torch.arange(t)).float().repeat_interleave(h * w, 0)
+            table[0, table.shape[1] - t * h * w:].copy_(grid)
 
 
 def build_data(args, rank, world):
@@ -193,7 +240,8 @@ def _train(args, device, rank, world):
               f"tubelets {args.t_patch_size}x{model.patch_size[0]}x{model.patch_size[1]} (L = {t}x{h}x{w} = "
               f"{t * h * w}), {args.mask_type} masking {args.mask_ratio:.0%}{_dual_text(args)}, target frames "
               f"{model.target_frames.tolist()}, device {device}, {world} process(es), fused ops "
-              f"{'on' if args.fused else 'off'}, autocast {args.amp}")
+              f"{'on' if args.fused else 'off'}, autocast {args.amp}, "
+              f"norm_pix_loss {'on' if args.norm_pix_loss else 'off'}")
         print(f"data: {what}, effective batch {eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), "
               f"{args.epochs} epochs x {steps_per_epoch} steps")
 

@@ -11,7 +11,8 @@
 #   info         python -m mae_kernels info (-> info.txt)
 #   tests-gpu    pytest -m gpu with TRITON_INTERPRET=0: CUDA kernels and *compiled* Triton on CUDA tensors
 #   bench        python -m mae_kernels bench, providers reference, triton, cuda (-> <device>.json / .png)
-#   bench-step   python -m mae_kernels bench-step: whole training step, eager vs fused (-> <device>-train_step.json)
+#   bench-step   python -m mae_kernels bench-step: whole training step, eager vs fused, ViT-B/L images and
+#                VideoMAE-B / mae_st-L clips (-> <device>-train_step.json)
 #   pytest-bench the pytest-benchmark suites without the torch.compile provider (-> pytest_bench.json)
 #   tests-cpu    pytest -m "not gpu and not slow" with TRITON_INTERPRET=1 (the CPU suite, Triton interpreted)
 # Goes on after a failed step; exits non-zero when any step failed or ran out of time.
@@ -142,10 +143,13 @@ TRITON_INTERPRET=0 step tests-gpu 210 "${PYTEST[@]}" --junitxml="$RESULTS/tests_
 # minutes. `mae-kernels bench --providers reference,compile,triton,cuda` measures it when there is time.
 TRITON_INTERPRET=0 step bench 100 "$PY" -m mae_kernels bench --providers reference,triton,cuda --out "$RESULTS" \
   --note "make gpu-check (no torch.compile provider)"
-# Whole training step (issue 6): ViT-B/16 and ViT-L/16, eager / fused / compiled, images/s and peak memory.
-# The compiled providers (a minute of compilation each) are measured by `make gpu-compare`, the second call.
-TRITON_INTERPRET=0 step bench-step 150 "$PY" -m mae_kernels bench-step --providers eager,fused --out "$RESULTS" \
-  --time-budget 110 --note "make gpu-check (eager and fused only)"
+# Whole training step (issues 6 and 15): the GPU default configs, ViT-B/16 (N=256), VideoMAE-B (16x224 clips,
+# tubelet 2, tube masking 0.9, N=32), ViT-L/16 (N=128) and mae_st-L (16x224, random masking 0.9, N=16), eager
+# and fused: images/s or clips/s and peak memory. Eight runs of 23 steps, ~10-15 s each with model building;
+# the budget cuts large's and mae_st-L's fused runs first. The compiled providers (a minute of compilation
+# each) are measured by `make gpu-compare`, the second call.
+TRITON_INTERPRET=0 step bench-step 190 "$PY" -m mae_kernels bench-step --providers eager,fused --out "$RESULTS" \
+  --time-budget 150 --note "make gpu-check (eager and fused only)"
 # The same measurements in pytest-benchmark's format: optional (a note, not a failure, when time runs out).
 TRITON_INTERPRET=0 step --optional "$RESULTS/pytest_bench.xml" pytest-bench 90 "$PY" -m pytest bench -q -rfEs \
   -p no:cacheprovider -k "not compile" --benchmark-enable --benchmark-only \

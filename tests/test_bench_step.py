@@ -79,3 +79,64 @@ def test_rejects_unknown_names():
     with pytest.raises(ValueError, match="provider must be one of"):
         train_step.TrainStep(train_step.CONFIGS["tiny"], "jit", *train_step.make_inputs(
             train_step.CONFIGS["tiny"], 2, "cpu"))
+
+
+def test_quick_video_run(tmp_path, capsys):
+    rc = step_cli.main(["--quick", "--configs", "video-tiny", "--device", "cpu", "--providers", "eager,fused",
+                        "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("*-train_step-quick.json")
+    data = json.loads(path.read_text())
+    assert data["settings"]["mask_ratio"] == {"video-tiny": 0.9}
+    assert data["settings"]["video"]["video-tiny"]["num_frames"] == 8
+    rows = {r["provider"]: r for r in data["rows"]}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["unit"] == "clips" and r["num_frames"] == 8 and r["batch"] == 4
+        assert r["mask_ratio"] == 0.9 and r["decoder_mask_ratio"] == 0.0 and "images_per_s" not in r
+        assert r["clips_per_s"] == pytest.approx(4 / r["median_ms"] * 1e3)
+        assert r["frames_per_s"] == pytest.approx(8 * r["clips_per_s"]) and r["step_peak_mb"] > 0
+    assert rows["fused"]["loss_checked_against_eager"]
+    assert rows["fused"]["first_loss"] == pytest.approx(rows["eager"]["first_loss"], rel=1e-5)
+    (summary,) = data["summary"]
+    assert summary["targets_apply"] is True and set(summary["targets"]) == {"speed_vs_eager", "peak_vs_eager"}
+    assert summary["targets"]["speed_vs_eager"]["target"] == ">= 1.20"
+    assert "videomae-b cuda" in json.dumps(data["targets_declared"])
+    assert "video-tiny: fused targets:" in capsys.readouterr().out
+    assert step_cli.main(["--markdown", str(path)]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert "clips/s" in md[0] and md[2].startswith("| video-tiny (N=4, fp32) | eager |")
+
+
+def test_video_targets_judged():
+    def rows(config, device_type, fused_ms):
+        return [dict(config=config, provider=p, status="ok", median_ms=ms, peak_mb=None, step_peak_mb=mb,
+                     device_type=device_type) for p, ms, mb in [("eager", 130.0, 100.0), ("fused", fused_ms, 90.0),
+                                                                ("compile", 120.0, 95.0)]]
+    (s,) = train_step.summarize(rows("videomae-b", "cuda", 100.0))
+    assert s["targets_apply"] and set(s["targets"]) == {"speed_vs_eager", "speed_vs_compile"}
+    assert s["targets"]["speed_vs_eager"]["met"] and s["targets"]["speed_vs_compile"]["met"]
+    (s,) = train_step.summarize(rows("videomae-b", "cuda", 101.0))
+    assert not s["targets"]["speed_vs_eager"]["met"]  # 1.29x < 1.3x
+    (s,) = train_step.summarize(rows("videomae-b", "cpu", 100.0))
+    assert s["targets"] == {} and not s["targets_apply"]  # no CPU target stated for VideoMAE-B
+    (s,) = train_step.summarize(rows("video-tiny", "cpu", 110.0))
+    assert s["targets_apply"] and s["targets"]["speed_vs_eager"]["value"] == pytest.approx(130 / 110)
+    assert not s["targets"]["speed_vs_eager"]["met"] and s["targets"]["peak_vs_eager"]["met"]
+
+
+def test_gpu_configs_build(monkeypatch):
+    """The configs `make gpu-check` runs (python/gpu_check.sh: the GPU defaults) build, on the meta device (no
+    memory, no GPU), with the issue's shapes; a video model that ignores decoder_mask_ratio is refused."""
+    args = step_cli.parse(["--device", "cuda", "--providers", "eager,fused"])
+    assert {"videomae-b", "mae_st-l"} <= set(args.configs)
+    with torch.device("meta"):
+        for name in args.configs:
+            model = train_step.build_model(train_step.CONFIGS[name], use_fused_ops=True)
+            if name in ("videomae-b", "mae_st-l"):
+                assert model.input_size == (8, 14, 14) and model.num_frames == 16
+        assert train_step.build_model(train_step.CONFIGS["videomae-b"]).mask_type == "tube"
+    config = train_step.dataclasses.replace(train_step.CONFIGS["video-tiny"], decoder_mask_ratio=0.5)
+    from mae_kernels.models import video_mae
+    monkeypatch.setitem(video_mae.VIDEO_MODELS, "mae_st_vit_tiny", lambda **kw: torch.nn.Module())
+    with pytest.raises(ValueError, match="does not take decoder_mask_ratio"):
+        train_step.build_model(config, decoder_mask_ratio=0.5)
