@@ -33,10 +33,11 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="mae-kernels bench-step", description=__doc__)
     p.add_argument("--configs", type=lambda s: _list(s, list(train_step.CONFIGS), "--configs"), default=None,
                    help="comma-separated: tiny (64 px, 8 px patches), base (ViT-B/16 224), large (ViT-L/16 224), "
-                        "tiny-dual, base-dual (dual masking, decoder_mask_ratio 0.5: compared with tiny, base); "
+                        "tiny-dual, base-dual (dual masking, decoder_mask_ratio 0.5: compared with tiny, base), "
+                        "tiny-dual-removed (decoding encoder-removed positions only); "
                         "video (mask ratio 0.9, clips/s): video-tiny (mae_st tiny, 8 frames of 64 px), "
                         "videomae-b (VideoMAE-B shape: 16 frames of 224, tubelet 2, tube masking), mae_st-l "
-                        "(mae_st ViT-L, 16 frames of 224, t_patch 2, random masking); "
+                        "(mae_st ViT-L, 16 frames of 224, t_patch 2, random masking), video-tiny-dual, videomae-b-dual; "
                         "default: base,videomae-b,large,mae_st-l on GPU, tiny on CPU")
     p.add_argument("--providers", type=lambda s: _list(s, train_step.PROVIDERS, "--providers"),
                    default=list(train_step.PROVIDERS), help=f"default: {','.join(train_step.PROVIDERS)}")

@@ -45,6 +45,7 @@ class Config:
     full_decoder: str = None         # the config of the same model with the full decoder (compared with)
     mask_ratio: float = MASK_RATIO
     video: dict = None  # video configs: the model's keyword arguments (num_frames, t_patch_size, mask_type, ...)
+    decoder_mask_scope: str = "all"  # dual masking: "all" (v2: every decoded position) or "removed" only
 
     @property
     def unit(self):
@@ -60,8 +61,8 @@ class Config:
 # L = 1568, tube masking, a 384-dim 4-block decoder predicting all 16 frames, one joint positional table and no
 # cls token as VideoMAE; the target is mae_st's per-patch norm_pix_loss, as the model has no per-channel
 # VideoMAE target). mae_st-l: mae_st's ViT-L recipe (16 frames of 224, t_patch 2, 8 target frames, random).
-# A video dual-masking config is one more line: Config("<name>-dual", ..., decoder_mask_ratio=0.5,
-# full_decoder="<name>", mask_ratio=0.9, video=...) once the video model takes decoder_mask_ratio.
+# The -dual configs: VideoMAE v2's dual masking (running cell, ratio 0.5) on the same model, compared with the
+# full-decoder config; -dual-removed decodes encoder-removed positions only (decoder_mask_scope="removed").
 VIDEO_TINY = dict(num_frames=8, t_patch_size=2, pred_t_dim=4, mask_type="random")
 VIDEOMAE_B = dict(num_frames=16, t_patch_size=2, pred_t_dim=16, mask_type="tube", sep_pos_embed=False,
                   cls_embed=False, decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6)
@@ -78,6 +79,12 @@ CONFIGS = {c.name: c for c in (
     Config("videomae-b", "mae_st_vit_base_patch16", 224, {"cuda": 32, "cpu": 2}, mask_ratio=0.9,
            video=VIDEOMAE_B),
     Config("mae_st-l", "mae_st_vit_large_patch16", 224, {"cuda": 16, "cpu": 1}, mask_ratio=0.9, video=MAE_ST_L),
+    Config("tiny-dual-removed", "mae_vit_tiny", 64, {"cpu": 64, "cuda": 256}, 0.5, "tiny",
+           decoder_mask_scope="removed"),
+    Config("video-tiny-dual", "mae_st_vit_tiny", 64, {"cpu": 16, "cuda": 128}, 0.5, "video-tiny", mask_ratio=0.9,
+           video=VIDEO_TINY),
+    Config("videomae-b-dual", "mae_st_vit_base_patch16", 224, {"cuda": 32, "cpu": 2}, 0.5, "videomae-b",
+           mask_ratio=0.9, video=VIDEOMAE_B),
 )}
 DECODER_MASK_SEED = 7  # dual-masking configs draw the same decoder mask at every step of every provider
 # GPU: videomae-b second, so that a time budget spent on eager runs cuts large's and mae_st-l's fused runs first.
@@ -111,11 +118,9 @@ def build_model(config, **kwargs):
         return MODELS[config.model](img_size=config.img_size, **kwargs)
     from ..models.video_mae import VIDEO_MODELS
 
-    ratio = kwargs.pop("decoder_mask_ratio", 0.0)
-    if ratio:  # the video model gains decoder_mask_ratio on another branch: passed only when a config asks
-        kwargs["decoder_mask_ratio"] = ratio
     model = VIDEO_MODELS[config.model](img_size=config.img_size, **config.video, **kwargs)
-    if ratio and getattr(model, "decoder_mask_ratio", None) != ratio:  # its **kwargs would swallow it silently
+    ratio = kwargs.get("decoder_mask_ratio", 0.0)
+    if ratio and getattr(model, "decoder_mask_ratio", None) != ratio:  # a model's **kwargs would swallow it silently
         raise ValueError(f"config {config.name}: this video model does not take decoder_mask_ratio")
     return model
 
@@ -159,7 +164,8 @@ class TrainStep:
         self.config, self.provider, self.imgs, self.noise = config, provider, imgs, noise
         self.device = imgs.device
         model = build_model(config, norm_pix_loss=True, use_fused_ops=provider.startswith("fused"),
-                            decoder_mask_ratio=config.decoder_mask_ratio)
+                            **({"decoder_mask_ratio": config.decoder_mask_ratio,
+                                "decoder_mask_scope": config.decoder_mask_scope} if config.decoder_mask_ratio else {}))
         model.load_state_dict(state)
         self.model = model.to(self.device).train()
         self.net = torch.compile(self.model) if provider.endswith("compile") else self.model
