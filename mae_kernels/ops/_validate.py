@@ -204,3 +204,14 @@ def check_mask_zero_on_kept(mask, ids_shuffle, K):
     if n is not None:
         raise ValueError(f"mask must be 0 on the kept patches ids_shuffle[:, :K] (K = L - pred rows = {K}: they "
                          f"have no prediction row), got nonzero values at kept patches in row {n}")
+
+
+def common_row_count(counts, what):
+    """The count every row of `counts` [N] shares, read with one host sync; else a ValueError that names the first
+    row that differs ("<what> the same number of ... in every row, got a in row 0 and b in row n")."""
+    lo, hi = torch.stack(torch.aminmax(counts)).tolist()  # the one host sync
+    if lo != hi:
+        n = int((counts != counts[0]).nonzero()[0, 0])
+        raise ValueError(f"{what} in every row, got {int(counts[0])} in row 0 and {int(counts[n])} in row {n} "
+                         f"(counts from {lo} to {hi})")
+    return lo

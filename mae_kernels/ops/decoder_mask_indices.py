@@ -29,7 +29,8 @@ when num_removed is given."""
 import torch
 
 from .. import reference
-from ._validate import FLOAT_DTYPES, check_int, check_mask_ratio, check_tensor, cuda_graph_capturing
+from ._validate import (FLOAT_DTYPES, check_int, check_mask_ratio, check_tensor, common_row_count,
+                        cuda_graph_capturing)
 from .mask_to_indices import mask_to_indices
 from .tube_mask_indices import tube_mask_indices
 
@@ -146,12 +147,7 @@ def _num_removed(encoder_mask, num_removed, L):
         if torch.compiler.is_compiling() or cuda_graph_capturing(encoder_mask) or not has_data:
             raise ValueError("num_removed must be given under torch.compile, CUDA graph capture or for an "
                              "encoder_mask without data (the removed count sets the output shape)")
-        lo, hi = torch.stack(torch.aminmax(counts)).tolist()  # the one host sync
-        if lo != hi:
-            n = int((counts != counts[0]).nonzero()[0, 0])
-            raise ValueError(f"encoder_mask must remove the same number of positions in every row, got "
-                             f"{int(counts[0])} in row 0 and {int(counts[n])} in row {n}")
-        return lo
+        return common_row_count(counts, "encoder_mask must remove the same number of positions")
     check_int("num_removed", num_removed, minimum=0)
     if num_removed > L:
         raise ValueError(f"num_removed must be at most L = {L}, got {num_removed}")

@@ -20,7 +20,7 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import check_int, check_tensor, cuda_graph_capturing
+from ._validate import check_int, check_tensor, common_row_count, cuda_graph_capturing
 
 _SCHEMA = "(Tensor bool_mask, int num_kept) -> (Tensor ids_keep, Tensor ids_restore, Tensor mask)"
 
@@ -59,12 +59,7 @@ def _num_kept(bool_mask, num_kept):
             raise ValueError("mask_to_indices: num_kept must be given when bool_mask has no data to count "
                              f"(shape {tuple(bool_mask.shape)}, device {bool_mask.device})")
         counts = _kept_counts(bool_mask)
-        lo, hi = torch.stack(torch.aminmax(counts)).tolist()  # the one host sync
-        if lo != hi:
-            n = int((counts != counts[0]).nonzero()[0, 0])
-            raise ValueError(f"bool_mask must keep (hold False in) the same number of patches in every row, got "
-                             f"{int(counts[0])} in row 0 and {int(counts[n])} in row {n} (counts from {lo} to {hi})")
-        return lo
+        return common_row_count(counts, "bool_mask must keep (hold False in) the same number of patches")
     check_int("num_kept", num_kept, minimum=0)
     if num_kept > L:
         raise ValueError(f"num_kept must be at most L = {L} (bool_mask has shape {tuple(bool_mask.shape)}), "
