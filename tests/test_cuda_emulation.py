@@ -32,7 +32,8 @@ _NOT_EMULATED = ["test_cuda_emulation.py", "test_cuda_emulation_asan.py", "test_
                  # for no kernel path the op suites miss
                  "test_convergence.py", "test_official.py", "test_pretrain.py", "test_video_model.py",
                  "test_model.py", "test_transformers.py", "test_decoder_masking.py", "test_mask_units.py",
-                 "test_determinism.py", "test_memory.py"]
+                 "test_determinism.py", "test_memory.py", "test_transformers_videomae.py", "test_video_demo.py",
+                 "test_static_report.py"]
 _ASAN_OPTIONS = "detect_leaks=0:detect_stack_use_after_return=0"  # fibers switch stacks: no fake stacks
 
 
