@@ -145,10 +145,12 @@ TRITON_INTERPRET=0 step bench 100 "$PY" -m mae_kernels bench --providers referen
   --note "make gpu-check (no torch.compile provider)"
 # Whole training step (issues 6 and 15): the GPU default configs, ViT-B/16 (N=256), VideoMAE-B (16x224 clips,
 # tubelet 2, tube masking 0.9, N=32), ViT-L/16 (N=128) and mae_st-L (16x224, random masking 0.9, N=16), eager
-# and fused: images/s or clips/s and peak memory. Eight runs of 23 steps, ~10-15 s each with model building;
-# the budget cuts large's and mae_st-L's fused runs first. The compiled providers (a minute of compilation
+# and fused: images/s or clips/s and peak memory, with base-dual and videomae-b-dual (dual masking, issue 16's
+# GPU target vs the full decoder) after their full-decoder configs. Twelve runs of 23 steps, ~10-15 s each with
+# model building; the budget cuts large's and mae_st-L's fused runs first. The compiled providers (a minute of compilation
 # each) are measured by `make gpu-compare`, the second call.
 TRITON_INTERPRET=0 step bench-step 190 "$PY" -m mae_kernels bench-step --providers eager,fused --out "$RESULTS" \
+  --configs base,base-dual,videomae-b,videomae-b-dual,large,mae_st-l \
   --time-budget 150 --note "make gpu-check (eager and fused only)"
 # The same measurements in pytest-benchmark's format: optional (a note, not a failure, when time runs out).
 TRITON_INTERPRET=0 step --optional "$RESULTS/pytest_bench.xml" pytest-bench 90 "$PY" -m pytest bench -q -rfEs \

@@ -1,6 +1,8 @@
 """`mae-kernels bench-step` (mae_kernels/benchmark/train_step.py, step_cli.py): it writes its JSON and table,
 catches a provider whose loss differs from eager's, honours its time budget, and judges the targets right."""
 import json
+import pathlib
+import re
 
 import pytest
 import torch
@@ -125,13 +127,22 @@ def test_video_targets_judged():
 
 
 def test_gpu_configs_build(monkeypatch):
-    """The configs `make gpu-check` runs (python/gpu_check.sh: the GPU defaults) build, on the meta device (no
-    memory, no GPU), with the issue's shapes; a video model that ignores decoder_mask_ratio is refused."""
+    """The configs `make gpu-check` runs (python/gpu_check.sh's --configs, and the GPU defaults) build, on the
+    meta device (no memory, no GPU), with the issue's shapes and their dual-masking options; a video model that
+    ignores decoder_mask_ratio is refused."""
     args = step_cli.parse(["--device", "cuda", "--providers", "eager,fused"])
     assert {"videomae-b", "mae_st-l"} <= set(args.configs)
+    script = (pathlib.Path(__file__).resolve().parents[1] / "python" / "gpu_check.sh").read_text()
+    (listed,) = re.findall(r"bench-step .*\n\s*--configs (\S+)", script)
+    names = listed.split(",")
+    assert set(args.configs) <= set(names) and {"base-dual", "videomae-b-dual"} <= set(names)
     with torch.device("meta"):
-        for name in args.configs:
-            model = train_step.build_model(train_step.CONFIGS[name], use_fused_ops=True)
+        for name in names:
+            config = train_step.CONFIGS[name]
+            dual = ({"decoder_mask_ratio": config.decoder_mask_ratio, "decoder_mask_scope": config.decoder_mask_scope}
+                    if config.decoder_mask_ratio else {})
+            model = train_step.build_model(config, use_fused_ops=True, **dual)
+            assert getattr(model, "decoder_mask_ratio", 0.0) == config.decoder_mask_ratio
             if name in ("videomae-b", "mae_st-l"):
                 assert model.input_size == (8, 14, 14) and model.num_frames == 16
         assert train_step.build_model(train_step.CONFIGS["videomae-b"]).mask_type == "tube"
