@@ -20,6 +20,8 @@ PROVIDERS = [pytest.param(p, marks=pytest.mark.slow) if p.endswith("compile") el
 
 
 def run_step_bench(benchmark, config_name, provider, device, timed_batch, rounds):
+    if device.type == "cpu" and not benchmark.disabled and HAS_GPU:
+        pytest.skip("timed on CPU-only machines (results are keyed by the default device); smoke-tested here")
     if benchmark.disabled and device.type == "cpu" and provider.endswith("compile"):
         pytest.skip("compiled providers are timed, not smoke-tested, on CPU (a cold inductor compile of the model "
                     "costs ~10 s; tests/test_model.py checks both compiled models against eager)")
@@ -47,8 +49,6 @@ def run_step_bench(benchmark, config_name, provider, device, timed_batch, rounds
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_train_step_tiny_cpu(benchmark, provider):
-    if not benchmark.disabled and HAS_GPU:
-        pytest.skip("timed on CPU-only machines (results are keyed by the default device); smoke-tested here")
     run_step_bench(benchmark, "tiny", provider, torch.device("cpu"), timed_batch=64, rounds=20)
 
 
@@ -59,12 +59,10 @@ def test_train_step_base_gpu(benchmark, provider):
     run_step_bench(benchmark, "base", provider, torch.device("cuda"), timed_batch=256, rounds=15)
 
 
-# Not the compiled providers: a cold torch.compile of the video model costs ~30 s each, over CI's budget;
+# Not the compiled providers, even when timed: a cold torch.compile of the video model costs ~30 s each;
 # `mae-kernels bench-step --configs video-tiny` runs them (tests/test_video_model.py: fullgraph, aot_eager).
 @pytest.mark.parametrize("provider", ["eager", "fused"])
 def test_train_step_video_tiny_cpu(benchmark, provider):
-    if not benchmark.disabled and HAS_GPU:
-        pytest.skip("timed on CPU-only machines (results are keyed by the default device); smoke-tested here")
     run_step_bench(benchmark, "video-tiny", provider, torch.device("cpu"), timed_batch=16, rounds=20)
 
 

@@ -81,18 +81,17 @@ def one_thread():
 
 @pytest.mark.parametrize("case", SMALL_CASES, ids=_ids(SMALL_CASES))
 def test_no_memory_growth_cpu(case, one_thread):
-    backend = "cpu"
     if _malloc_in_use() is None:
         pytest.fail("glibc mallinfo2 is needed to measure CPU memory (glibc >= 2.33)")
-    _loop(case, backend, 50)  # warm-up: allocator, caches and autograd reach their steady state
+    _loop(case, "cpu", 50)  # warm-up: allocator, caches and autograd reach their steady state
     gc.collect()
     in_use, tensors = _malloc_in_use(), _live_tensors()
-    _loop(case, backend, 1000)
+    _loop(case, "cpu", 1000)
     gc.collect()
     growth = _malloc_in_use() - in_use
     assert _live_tensors() <= tensors, "more live tensors after 1000 calls"
     assert growth < MALLOC_TOLERANCE, f"malloc holds {growth} bytes more after 1000 calls"
-    _assert_freed(case, backend)
+    _assert_freed(case, "cpu")
 
 
 def test_the_cpu_measure_sees_a_small_leak():
@@ -124,7 +123,7 @@ def test_no_memory_growth_gpu(backend, index):
     torch.cuda.synchronize()
     gc.collect()
     before = torch.cuda.memory_allocated()
-    _loop(case, backend, 1000)
+    _loop(case, "cpu", 1000)
     torch.cuda.synchronize()
     gc.collect()
     assert torch.cuda.memory_allocated() == before, (
