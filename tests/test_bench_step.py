@@ -139,9 +139,7 @@ def test_gpu_configs_build(monkeypatch):
     with torch.device("meta"):
         for name in names:
             config = train_step.CONFIGS[name]
-            dual = ({"decoder_mask_ratio": config.decoder_mask_ratio, "decoder_mask_scope": config.decoder_mask_scope}
-                    if config.decoder_mask_ratio else {})
-            model = train_step.build_model(config, use_fused_ops=True, **dual)
+            model = train_step.build_model(config, use_fused_ops=True, **config.dual_masking)
             assert getattr(model, "decoder_mask_ratio", 0.0) == config.decoder_mask_ratio
             if name in ("videomae-b", "mae_st-l"):
                 assert model.input_size == (8, 14, 14) and model.num_frames == 16

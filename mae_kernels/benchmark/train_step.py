@@ -48,6 +48,12 @@ class Config:
     decoder_mask_scope: str = "all"  # dual masking: "all" (v2: every decoded position) or "removed" only
 
     @property
+    def dual_masking(self):
+        """The model's dual-masking keyword arguments ({} for the full decoder: the models' defaults)."""
+        return ({"decoder_mask_ratio": self.decoder_mask_ratio, "decoder_mask_scope": self.decoder_mask_scope}
+                if self.decoder_mask_ratio else {})
+
+    @property
     def unit(self):
         return "clips" if self.video is not None else "images"
 
@@ -164,8 +170,7 @@ class TrainStep:
         self.config, self.provider, self.imgs, self.noise = config, provider, imgs, noise
         self.device = imgs.device
         model = build_model(config, norm_pix_loss=True, use_fused_ops=provider.startswith("fused"),
-                            **({"decoder_mask_ratio": config.decoder_mask_ratio,
-                                "decoder_mask_scope": config.decoder_mask_scope} if config.decoder_mask_ratio else {}))
+                            **config.dual_masking)
         model.load_state_dict(state)
         self.model = model.to(self.device).train()
         self.net = torch.compile(self.model) if provider.endswith("compile") else self.model
