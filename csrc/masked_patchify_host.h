@@ -69,10 +69,17 @@ at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, at
 }
 
 // The sample [N, C, (T,) H, W] (image_size [H, W] or [T, H, W]) holding the patch vectors [N, K, P] at patches
-// ids_keep (or all L in order).
-template <typename Copy>
+// ids_keep (or all L in order), zero elsewhere. The image is allocated uninitialised: with ids_keep it is zeroed
+// first unless fills(lay, src, dst) says the backend's copy writes every pixel itself (a backend without such a
+// copy passes no fills). fills is called with the word-typed pointers, as copy.
+struct CopyLeavesRest {
+  template <typename Src, typename Dst>
+  bool operator()(const PatchLayout&, Src, Dst) const { return false; }
+};
+
+template <typename Copy, typename Fills = CopyLeavesRest>
 at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
-                           at::IntArrayRef image_size, Copy copy) {
+                           at::IntArrayRef image_size, Copy copy, Fills fills = {}) {
   check_patch_size(patch_size);
   TORCH_CHECK(image_size.size() == 2 || image_size.size() == 3,
               "mae_kernels: image_size must be [H, W] or [T, H, W], got ", image_size);
@@ -81,15 +88,16 @@ at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_k
   const int64_t C = patches.size(2) / (patch_size[0] * patch_size[1] * patch_size[2]);
   std::vector<int64_t> shape{N, C};
   shape.insert(shape.end(), image_size.begin(), image_size.end());
-  // Without ids_keep every pixel is written; with it, the removed patches stay zero.
-  auto img = ids_keep ? at::zeros(shape, patches.options()) : at::empty(shape, patches.options());
-  if (patches.numel() == 0) return img;
+  auto img = at::empty(shape, patches.options());
+  if (patches.numel() == 0) return ids_keep ? img.zero_() : img;
   const at::Tensor ids = ids_keep ? ids_keep->contiguous() : at::Tensor();
   const PatchLayout lay = layout_of(img, patch_size);
   dispatch_on_width(patches, [&](auto w) {
     using word = decltype(w);
-    copy(static_cast<const word*>(patches.const_data_ptr()), ids_keep ? ids.const_data_ptr<int64_t>() : nullptr,
-         lay, N, K, static_cast<word*>(img.data_ptr()));
+    const word* src = static_cast<const word*>(patches.const_data_ptr());
+    word* dst = static_cast<word*>(img.data_ptr());
+    if (ids_keep && !fills(lay, src, dst)) img.zero_();  // the removed patches stay zero
+    copy(src, ids_keep ? ids.const_data_ptr<int64_t>() : nullptr, lay, N, K, dst);
   });
   return img;
 }

@@ -88,6 +88,8 @@ _CHUNKS = -(-N // 32)  # unshuffle backward: samples summed per chunk (kSumChunk
 def kernel_bytes():
     NK, NL = N * K, N * L
     gather = (NK * P * BF16 + NK * 8, NK * P * BF16, NK * P, BF16, "kept patches read (32 B image rows) and written")
+    bands = (NK * P * BF16 + N * (HW // PATCH) * K * 8, NL * P * BF16, NL * P, BF16,
+             "kept patches read, each band's ids (L2); the whole image written, zeros for the removed patches")
     mse_rows = (N * (L - K) * P * (BF16 + 4) + NL * 4 + 4, NL * P * BF16 + NL * 4, NL * P, BF16,
                 "removed rows: pred + fp32 target read (the 2-3 target passes hit L1/L2); grad_pred written for all "
                 "rows (zeros for kept ones), one partial per row")
@@ -106,6 +108,8 @@ def kernel_bytes():
                                          "kept patches scattered into the zeroed image (the zeros: an ATen fill)"),
         "copy_patches_kernel<true": (NK * P * BF16 + NK * 8, NK * P * BF16, NK * P, BF16,
                                      "kept patches scattered into the zeroed image (the zeros: an ATen fill)"),
+        "scatter_bands_vec_kernel": bands,
+        "_scatter_bands_kernel": bands,
         "_copy_kernel[TO_IMAGE=False]": gather,
         "_copy_kernel[TO_IMAGE=True]": (NK * P * BF16 + NK * 8, NK * P * BF16, NK * P, BF16, "as the CUDA scatter"),
         "_masked_patch_embed_kernel": (NK * P * BF16 + D_ENC * P * BF16 + NK * 8 + NK * D_ENC * 4,

@@ -23,6 +23,7 @@ THREADS = {
     "random_masking_backward_kernel": 512,
     "copy_patches_kernel": 256,              # masked_patchify.cu kThreads
     "copy_patches_vec_kernel": 256,          # masked_patchify.cu kThreads (the 16-byte path)
+    "scatter_bands_vec_kernel": 256,         # masked_patchify.cu kThreads (the one-pass masked scatter)
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
     "unshuffle_backward_mask_sum_kernel": 256,
@@ -35,7 +36,8 @@ THREADS = {
 # Largest dynamic shared memory a launcher asks for (bytes): the sort keys of L = kRandomMaskingMaxL = 8192
 # tokens, int64; the backward's int32 ranks.
 DYNAMIC_SHARED = {"random_masking_forward_kernel": 8192 * 8, "random_masking_backward_kernel": 8192 * 4,
-                  "tube_mask_indices_kernel": (4096 + 4096 + 512) * 8}  # keys, ranks, scan at hw = kTubeMaxHW
+                  "tube_mask_indices_kernel": (4096 + 4096 + 512) * 8,  # keys, ranks, scan at hw = kTubeMaxHW
+                  "scatter_bands_vec_kernel": 48 * 1024}  # a band's patch map: masked_patchify.cu's bound
 REGISTERS_PER_SM = 65536
 REGISTER_UNIT = 256                   # registers are allocated per warp in units of 256
 MAX_REGISTERS_PER_THREAD = 255
@@ -121,6 +123,7 @@ _demangled = cc.demangle
 _INT_DIVISION = re.compile(r"I2F(\.[SU](32|64))?\.RP$")
 _COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>",
                      "copy_patches_vec_kernel<",  # every instance of the patchify 16-byte path
+                     "scatter_bands_vec_kernel<",  # and of its one-pass masked scatter
                      "pos_embed_epilogue_kernel<true,")  # masked_patch_embed's 16-byte packs
 
 

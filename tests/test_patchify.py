@@ -109,14 +109,20 @@ def _offset_by_one(x):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vector_copy_edges(backend, dtype):
     """The CUDA copy moves 16 bytes per access where the layout allows it (csrc/cuda/masked_patchify.cu; under the
-    CUDA emulator, `cpu` runs it): one channel, three channels, a clip, and the generic copy for a sample or patch
-    vectors whose data is not 16-byte aligned; all bit-exact."""
+    CUDA emulator, `cpu` runs it), and its masked scatter (the backward) then writes the whole image, zeros included,
+    band by band: one channel, three channels, a clip (bands of several frames), and the generic copy for a sample
+    or patch vectors whose data is not 16-byte aligned; all bit-exact."""
     check_patchify(backend, "cpu", 8, 1, 16, 24, dtype, "contiguous")
     check_masked_patchify(backend, "cpu", 8, 3, 16, 24, dtype, "contiguous", K=4)
-    clip = torch.randn(2, 3, 4, 16, 8).to(dtype)
+    check_masked_patchify(backend, "cpu", 8, 1, 16, 24, dtype, "contiguous", K=3)
+    clip = torch.randn(2, 3, 4, 16, 8).to(dtype).requires_grad_()
     ids = random_ids(2, 4, 3, "cpu")
     out = run_with(backend, mae_kernels.masked_patchify, clip, ids, (2, 8, 8))
-    assert_equal(out, reference.masked_patchify(clip, ids, (2, 8, 8)), "masked_patchify video")
+    want = reference.masked_patchify(clip, ids, (2, 8, 8))
+    assert_equal(out, want, "masked_patchify video")
+    grad = torch.randn_like(want)
+    assert_equal(torch.autograd.grad(out, clip, grad)[0], torch.autograd.grad(want, clip, grad)[0],
+                 "masked_patchify video grad")
     imgs = _offset_by_one(torch.randn(2, 3, 16, 24).to(dtype))
     out = run_with(backend, mae_kernels.patchify, imgs, 8)
     assert_equal(out, reference.patchify(imgs, 8), "patchify of unaligned images")

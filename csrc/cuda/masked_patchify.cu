@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/kernels/masked_patchify.cuh"
 #include "masked_patchify_host.h"
@@ -41,13 +42,38 @@ void launch_vector_copy(const word* src, const int64_t* ids, const PatchLayout& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Whether the masked scatter runs as scatter_bands_vec_kernel, writing the whole image (zeros included): the
+// 16-byte conditions, and the band's patch map within the default 48 KiB of shared memory.
+template <typename word>
+bool bands_scatter_applies(const PatchLayout& lay, const word* image, const word* patches) {
+  return vector_copy_applies(lay, image, patches) && lay.grid_w * int64_t(sizeof(int32_t)) <= 48 * 1024;
+}
+
+template <typename word, int kC>
+void launch_bands_scatter(const word* src, const int64_t* ids, const PatchLayout& lay, int64_t N, int64_t K,
+                          word* dst, int64_t cap) {
+  constexpr int64_t V = 16 / static_cast<int64_t>(sizeof(word));
+  // Bands per sample: t * h; t = T / u read from the fresh contiguous image's strides (s_c = T * s_t; images: 1).
+  const int64_t per_sample = (lay.s_t != 0 ? lay.s_c / lay.s_t / lay.u : 1) * (lay.grid_hw / lay.grid_w);
+  const int64_t bands = N * per_sample, runs_w = lay.grid_w * lay.pw / V, items = lay.u * lay.ph * runs_w;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(bands, cap));
+  scatter_bands_vec_kernel<word, kC, kThreads>
+      <<<blocks, kThreads, lay.grid_w * sizeof(int32_t), at::cuda::getCurrentCUDAStream()>>>(
+          src, ids, lay, K, bands, items, FastDivmod(per_sample), FastDivmod(runs_w), FastDivmod(lay.pw / V), dst);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <bool kToImage, typename word>
 void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
-  // Blocks: one per row (16-byte path: per 256 items) up to 8 per SM (a full SM at kThreads = 256), each then
-  // walks grid-stride.
+  // Blocks: one per row (16-byte path: per 256 items; masked scatter: per band) up to 8 per SM (a full SM at
+  // kThreads = 256), each then walks grid-stride.
   const int64_t rows = N * K;
   const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
   if constexpr (sizeof(word) == 2 || sizeof(word) == 4) {
+    if (kToImage && ids && bands_scatter_applies(lay, dst, src)) {
+      if (lay.C == 3) return launch_bands_scatter<word, 3>(src, ids, lay, N, K, dst, cap);
+      return launch_bands_scatter<word, 1>(src, ids, lay, N, K, dst, cap);
+    }
     if (vector_copy_applies(lay, kToImage ? dst : src, kToImage ? src : dst)) {
       if (lay.C == 3) return launch_vector_copy<kToImage, word, 3>(src, ids, lay, rows, K, dst, cap);
       return launch_vector_copy<kToImage, word, 1>(src, ids, lay, rows, K, dst, cap);
@@ -69,8 +95,13 @@ at::Tensor scatter_cuda(const at::Tensor& patches, const at::Tensor* ids_keep, a
                         at::IntArrayRef image_size) {
   TORCH_CHECK(patches.is_cuda(), "mae_kernels: the patch vectors must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(patches.device());
-  return scatter_patches(patches, ids_keep, patch_size, image_size,
-                         [](auto... args) { launch_copy<true>(args...); });
+  return scatter_patches(
+      patches, ids_keep, patch_size, image_size, [](auto... args) { launch_copy<true>(args...); },
+      [](const PatchLayout& lay, const auto* src, auto* dst) {  // launch_copy's choice for a masked scatter
+        using word = std::remove_cv_t<std::remove_pointer_t<decltype(dst)>>;
+        if constexpr (sizeof(word) == 2 || sizeof(word) == 4) return bands_scatter_applies(lay, dst, src);
+        return false;
+      });
 }
 
 using Ops = PatchifyOps<gather_cuda, scatter_cuda>;

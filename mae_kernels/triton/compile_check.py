@@ -363,6 +363,9 @@ def _edge_scenarios(rm, pf, pe, un, mse):
                     lambda imgs=imgs: pf.gather(imgs, _m(2, 3, dtype=torch.int64), (1, 4, 4))))
         out.append((f"edge unpatchify {dtype}", lambda dtype=dtype: pf.scatter(_m(2, 6, 48, dtype=dtype), None,
                                                                              (1, 4, 4), (8, 12))))
+        out.append((f"edge masked_patchify scatter {dtype}",  # several bands per program
+                    lambda dtype=dtype: pf.scatter(_m(2, 3, 48, dtype=dtype), _m(2, 3, dtype=torch.int64), (1, 4, 4),
+                                                   (8, 12))))
         out.append((f"edge masked_patchify video {dtype}",
                     lambda dtype=dtype: pf.gather(_m(2, 3, 4, 6, 10, dtype=dtype), _m(2, 3, dtype=torch.int64),
                                                   (2, 3, 2))))
@@ -527,6 +530,7 @@ MIN_BLOCKS_PER_SM = 2
 COPY_KERNELS = {
     "_copy_kernel": lambda c: (c.get("U", 0) * c.get("PH", 0) * c.get("PW", 0) * c.get("C", 0), c["TO_IMAGE"],
                                not c["TO_IMAGE"]),
+    "_scatter_bands_kernel": lambda c: (c["PW"], False, True),  # image rows written; rows read along C
     "_random_masking_fwd_kernel": lambda c: ("D", c["HAS_D"], c["HAS_D"]),
     "_random_masking_bwd_kernel": lambda c: ("D", True, True),
     "_forward_kernel": lambda c: ("D", True, True),

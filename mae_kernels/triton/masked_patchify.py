@@ -46,6 +46,50 @@ def _copy_kernel(src_ptr,  # gather: the sample [N, C, (T,) H, W] with strides s
         tl.store(dst_ptr + row, tl.load(src_ptr + pixel, mask=mask), mask=mask)
 
 
+@triton.jit
+def _scatter_bands_kernel(src_ptr,  # [N * K, P] contiguous patch vectors
+                          ids_ptr,  # [N * K] int64: the patch of each row
+                          dst_ptr,  # the sample [N, C, (T,) H, W], strides s_*: written whole (zeros included)
+                          K, s_n, s_c, s_t, s_h,  # s_t = 0 for images; unit column stride
+                          U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, C: tl.constexpr,
+                          GRID_H: tl.constexpr, GRID_W: tl.constexpr, BANDS: tl.constexpr, BB: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+                          BLOCK_X: tl.constexpr):
+    """The masked scatter (masked_patchify's backward) in one pass, without a zero fill first: a program writes BB
+    bands of a sample (a band: the GRID_W patches of tubelet row (ti, hi), U frames x PH rows x the image's width,
+    C channels), the listed patches' values and zeros elsewhere. Its patches are the BB * GRID_W consecutive
+    tokens from `first`; it finds the row k of ids[n, :] holding each (-1: none), then writes them as
+    [BLOCK_R pixel rows (channel, frame, row), BLOCK_T patches, BLOCK_X columns] tiles."""
+    P: tl.constexpr = U * PH * PW * C
+    groups: tl.constexpr = (BANDS + BB - 1) // BB
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // groups
+    first = pid % groups * (BB * GRID_W)  # token of the program's first patch
+    t = tl.arange(0, BLOCK_T)
+    row_of = tl.full([BLOCK_T], -1, tl.int64)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        d = tl.load(ids_ptr + n * K + ks, mask=ks < K, other=-1) - first
+        hit = (d[None, :] == t[:, None]) & (ks < K)[None, :]
+        row_of = tl.maximum(row_of, tl.max(tl.where(hit, ks[None, :], -1), axis=1))
+    l = first + t  # the patches' tokens
+    band = l // GRID_W
+    x = tl.arange(0, BLOCK_X)
+    in_row = ((t < BB * GRID_W) & (band < BANDS))[:, None] & (x < PW)[None, :]
+    kept = in_row & (row_of >= 0)[:, None]
+    src_row = ((n * K + tl.maximum(row_of, 0)) * P)[None, :, None]
+    corner = ((band // GRID_H) * U * s_t + (band % GRID_H) * PH * s_h + (l % GRID_W) * PW)[:, None] + x[None, :]
+    corner = n * s_n + corner[None, :, :]
+    for r0 in range(0, C * U * PH, BLOCK_R):  # BLOCK_R pixel rows r = (c * U + a) * PH + p_row at a time
+        r = r0 + tl.arange(0, BLOCK_R)
+        c = (r // (U * PH))[:, None, None]
+        a = (r // PH % U)[:, None, None]
+        p_row = (r % PH)[:, None, None]
+        rows_ok = (r < C * U * PH)[:, None, None]
+        v = tl.load(src_ptr + src_row + (((a * PH + p_row) * PW + x[None, None, :]) * C + c),
+                    mask=kept[None, :, :] & rows_ok, other=0)
+        tl.store(dst_ptr + corner + c * s_c + a * s_t + p_row * s_h, v, mask=in_row[None, :, :] & rows_ok)
+
 def _blocks(N, K, P, element_size):
     # Whole patch vectors per program where possible: few program instances (the CPU interpreter pays per
     # instance) and wide contiguous stores on the GPU: at most 4 warps, fewer for small tiles so that every
@@ -95,12 +139,33 @@ def gather(imgs, ids_keep, patch_size):
 
 def scatter(patches, ids_keep, patch_size, image_size):
     """The sample [N, C, *image_size] (image_size [H, W] or [T, H, W]) holding the patch vectors at patches
-    ids_keep (zero elsewhere), or, with ids_keep None, at all L patches in order (the inverse of gather)."""
+    ids_keep (zero elsewhere: written band by band in one pass), or, with ids_keep None, at all L patches in order
+    (the inverse of gather)."""
     patches = patches.contiguous()
     N, K, P = patches.shape
     u, ph, pw = patch_size
     C = P // (u * ph * pw)
-    make = torch.zeros if ids_keep is not None else torch.empty
-    img = make(N, C, *image_size, dtype=patches.dtype, device=patches.device)
-    _launch(True, patches, ids_keep, img, img, N, K, patch_size)
+    img = torch.empty(N, C, *image_size, dtype=patches.dtype, device=patches.device)
+    if ids_keep is None:
+        _launch(True, patches, None, img, img, N, K, patch_size)
+        return img
+    if img.numel() == 0:
+        return img
+    if K == 0 or P == 0:
+        return img.zero_()
+    H, W = image_size[-2:]
+    grid_h, grid_w = H // ph, W // pw
+    bands = (image_size[0] // u if len(image_size) == 3 else 1) * grid_h
+    # Bands per program: whole image rows of patches, at least 16 patches per program where the rows are short
+    # (fewer, fuller programs; ViT sizes: one band).
+    bb = max(1, min(bands, 16 // grid_w))
+    block_t, block_x = triton.next_power_of_2(bb * grid_w), triton.next_power_of_2(pw)
+    rows = C * u * ph  # pixel rows of a band, over all channels and frames
+    block_r = max(1, min(triton.next_power_of_2(rows), 4096 // (block_t * block_x)))
+    warps = max(1, min(4, block_r * block_t * block_x * img.element_size() // (16 * 32)))
+    s_n, s_c, s_t, s_h, _ = _strides(img)
+    _scatter_bands_kernel[(N * triton.cdiv(bands, bb),)](
+        patches, ids_keep.contiguous(), img, K, s_n, s_c, s_t, s_h, U=u, PH=ph, PW=pw, C=C, GRID_H=grid_h,
+        GRID_W=grid_w, BANDS=bands, BB=bb, BLOCK_K=min(128, triton.next_power_of_2(K)), BLOCK_R=block_r,
+        BLOCK_T=block_t, BLOCK_X=block_x, num_warps=warps)
     return img

@@ -106,4 +106,68 @@ __global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* 
   }
 }
 
+// masked_patchify_backward in one pass (no zero-fill launch before the scatter): one block per band of the sample,
+// band b = (n, ti, hi) = grid_w patches side by side (u frames x ph rows x the image's width, kC channels), writes
+// every pixel of its band: the listed patches' values, zeros elsewhere. The block first maps each of its grid_w
+// patches to the row k of ids[n, :] that holds it (shared, -1 if none), then works as copy_patches_vec_kernel's
+// scatter: an item is kV columns of one (frame, p_row) of the band in all kC channels. The image is the fresh
+// contiguous output (the host checks the 16-byte conditions as for copy_patches_vec_kernel). bands = N * t * h,
+// items per band = u * ph * runs_w; div_bands divides by the bands per sample (t * h), div_runs_w by the runs per
+// image row (runs_w = grid_w * pw / kV), div_runs by the runs per patch (pw / kV).
+template <typename word, int kC, int kThreads>
+__global__ void __launch_bounds__(kThreads) scatter_bands_vec_kernel(const word* __restrict__ src,
+                                                                     const int64_t* __restrict__ ids,
+                                                                     PatchLayout lay, int64_t K, int64_t bands,
+                                                                     int64_t items, FastDivmod div_bands,
+                                                                     FastDivmod div_runs_w, FastDivmod div_runs,
+                                                                     word* __restrict__ dst) {
+  constexpr int kV = 16 / static_cast<int>(sizeof(word));
+  union Vectors {  // kC vectors, seen as their words
+    uint4 v[kC];
+    word w[kV * kC];
+  };
+  extern __shared__ int32_t row_of[];  // [grid_w]: row k of ids[n, :] holding the band's patch, or -1
+  const int64_t P = lay.P();
+#pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
+  for (int64_t b = blockIdx.x; b < bands; b += gridDim.x) {
+    int64_t band;
+    const int64_t n = div_bands.divmod(b, &band);
+    const int64_t first = band * lay.grid_w;  // token of the band's patch 0
+    __syncthreads();  // the previous band's readers are done with row_of
+    for (int64_t j = threadIdx.x; j < lay.grid_w; j += kThreads) row_of[j] = -1;
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+      const int64_t d = ids[n * K + k] - first;
+      if (d >= 0 && d < lay.grid_w) row_of[d] = static_cast<int32_t>(k);
+    }
+    __syncthreads();
+    const int64_t corner = lay.corner(n, first);
+#pragma unroll 1
+    for (int64_t t = threadIdx.x; t < items; t += kThreads) {
+      int64_t x_run, run, p_row;
+      const int64_t frame = lay.div_ph.divmod(div_runs_w.divmod(t, &x_run), &p_row);
+      const int64_t patch = div_runs.divmod(x_run, &run);
+      const int64_t pixel = corner + frame * lay.s_t + p_row * lay.s_h + x_run * kV;
+      const int64_t k = row_of[patch];
+      Vectors out;
+      if (k >= 0) {
+        Vectors in;
+        const int64_t e = (n * K + k) * P + ((frame * lay.ph + p_row) * lay.pw + run * kV) * kC;
+#pragma unroll
+        for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(src + e)[c];
+#pragma unroll
+        for (int c = 0; c < kC; ++c) {
+#pragma unroll
+          for (int v = 0; v < kV; ++v) out.w[c * kV + v] = in.w[v * kC + c];
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < kC; ++c) out.v[c] = uint4{0, 0, 0, 0};
+      }
+#pragma unroll
+      for (int c = 0; c < kC; ++c) store16(dst + pixel + c * lay.s_c, out.v[c]);
+    }
+  }
+}
+
 }  // namespace mae_kernels
