@@ -23,8 +23,8 @@ def _masked_patch_embed_kernel(
         pos_ptr,  # POS_TABLE: [R, D] contiguous (token l at row pos_first + l); POS_SEPARABLE: spatial [hw, D]
         pos_t_ptr,  # POS_SEPARABLE: temporal [t, D] contiguous; else unused
         out_ptr,  # [N * K, D] contiguous
-        M, K, D, R, pos_first, s_n, s_c, s_t, s_h, s_w,  # M = N * K rows, R = C * u * ph * pw reduction length
-        U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: the index math divides by them
+        M, K, D, pos_first, s_n, s_c, s_t, s_h, s_w,  # M = N * K rows
+        C: tl.constexpr, U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: the index math divides by them
         GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
         POS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -36,16 +36,15 @@ def _masked_patch_embed_kernel(
     cell = l % GRID_HW  # hi * w + wi
     row_off = ((rows // K) * s_n + (l // GRID_HW) * U * s_t + (cell // GRID_W) * PH * s_h
                + (cell % GRID_W) * PW * s_w)  # the tubelet's first pixel
-    pp: tl.constexpr = PH * PW
-    upp: tl.constexpr = U * PH * PW
+    up: tl.constexpr = U * PH
+    R: tl.constexpr = C * U * PH * PW  # reduction length, in the weight's (c, frame, p_row, p_col) order
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)  # int32: divided by constants, then widened
         r_mask = r < R
-        q = r % upp  # (c, frame, p_row, p_col) order
-        q2 = q % pp
-        col_off = ((r // upp).to(tl.int64) * s_c + (q // pp).to(tl.int64) * s_t + (q2 // PW).to(tl.int64) * s_h
-                   + (q2 % PW).to(tl.int64) * s_w)
+        t = r // PW  # (c, frame, p_row): divided from r itself, not from r % ..., so that
+        col_off = ((t // up).to(tl.int64) * s_c + ((t // PH) % U).to(tl.int64) * s_t + (t % PH).to(tl.int64) * s_h
+                   + (r % PW).to(tl.int64) * s_w)
         a = tl.load(img_ptr + row_off[:, None] + col_off[None, :], mask=row_mask[:, None] & r_mask[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * R + r.to(tl.int64)[:, None], mask=r_mask[:, None] & col_mask[None, :],
                     other=0.0)
@@ -104,8 +103,8 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         first = pos.shape[0] - L  # 1 when row 0 is the cls token's
     grid = (triton.cdiv(M, block_m), triton.cdiv(D, block_n))
     _masked_patch_embed_kernel[grid](
-        imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, R, first, s_n, s_c, s_t,
-        imgs.stride(-2), imgs.stride(-1), U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
+        imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, first, s_n, s_c, s_t,
+        imgs.stride(-2), imgs.stride(-1), C=C, U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
         UPCAST=interpret and low, IEEE=imgs.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
