@@ -20,11 +20,11 @@ def _masked_patch_embed_kernel(
         ids_ptr,  # [N * K] int64 kept patch indices
         w_ptr,  # [D, C * u * ph * pw] contiguous (Conv2d / Conv3d weight flattened)
         b_ptr,  # [D]
-        pos_ptr,  # POS_TABLE: [R, D] contiguous (token l at row pos_first + l); POS_SEPARABLE: spatial [hw, D]
+        pos_ptr,  # POS_TABLE: [rows, D] contiguous (token l at row pos_first + l); POS_SEPARABLE: spatial [hw, D]
         pos_t_ptr,  # POS_SEPARABLE: temporal [t, D] contiguous; else unused
         out_ptr,  # [N * K, D] contiguous
         M, K, D, pos_first, s_n, s_c, s_t, s_h, s_w,  # M = N * K rows
-        C: tl.constexpr, U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: the index math divides by them
+        C: tl.constexpr, U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: index math divides by them
         GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
         POS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -42,7 +42,13 @@ def _masked_patch_embed_kernel(
     for r0 in range(0, R, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)  # int32: divided by constants, then widened
         r_mask = r < R
-        t = r // PW  # (c, frame, p_row): divided from r itself, not from r % ..., so that
+        # Both divide r itself: Triton's alignment analysis keeps runs through `// const` and `% const` only of
+        # a tile-long contiguous range (r, not r % (U * PH * PW)), and vector width = run length and alignment.
+        # So with s_w == 1 the pixels load in aligned runs within a patch row (p=16: 16-byte cp.async; p=14:
+        # pairs, 4-byte cp.async in 16-bit, 8 in fp32), the weight as the constant R aligns it (p=14 bf16: 8 B).
+        # 4 B is the limit for 16-bit p=14: patch rows start at 28 * wi bytes, 4-byte aligned only, and wider
+        # aligned spans would need a per-row shift in registers (no cp.async; TMA needs 16-byte strides).
+        t = r // PW  # (c, frame, p_row)
         col_off = ((t // up).to(tl.int64) * s_c + ((t // PH) % U).to(tl.int64) * s_t + (t % PH).to(tl.int64) * s_h
                    + (r % PW).to(tl.int64) * s_w)
         a = tl.load(img_ptr + row_off[:, None] + col_off[None, :], mask=row_mask[:, None] & r_mask[None, :], other=0.0)
@@ -78,7 +84,7 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         if table is not None:
             out_dtype = torch.promote_types(out_dtype, table.dtype)
     out = torch.empty(N, K, D, dtype=out_dtype, device=imgs.device)
-    M, R = N * K, C * u * ph * pw
+    M = N * K
     if M == 0 or D == 0:
         return out
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
