@@ -37,7 +37,7 @@ REGISTERS_PER_BLOCK = 65536
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
            torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1", torch.float64: "fp64"}
-_OPTIONS = ("num_warps", "num_stages")
+_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 HEAVY = "[first arch only] "  # prefix of the scenarios too slow to compile for every arch
 # The 16-byte access check fails from this triton on; older compilers pick narrower vectors for some kernels the
 # newer one widens (triton 3.6: 8-byte loads in the unshuffle backward's main loop), which is reported, not fatal.
@@ -563,7 +563,8 @@ def _embed_operands(launch):
 
 # GEMMs that load their operand tiles straight from memory: {kernel: launch -> [(operand, (rows, cols) of its
 # tile (told apart by shape), bytes its accesses must move)]}. Accesses of 4 B and more must go global -> shared
-# by cp.async (what Triton's pipeliner emits for them), none narrower than the row alignment allows.
+# by cp.async (what Triton's pipeliner emits for them), none narrower than the row alignment allows; and, as their
+# loads are gathers, MIN_BLOCKS_PER_SM blocks per SM like the copy kernels (not exempt as other tl.dot GEMMs).
 GEMM_OPERANDS = {"_masked_patch_embed_kernel": _embed_operands}
 _INT_DIV = re.compile(r"= arith\.(divsi|divui|remsi|remui) (%[\w.#]+), (%[\w.#]+) : (.*?) loc\((#\w+)\)")
 _CONST = re.compile(r"^\s*(%[\w.#]+) = arith\.constant ")
@@ -734,8 +735,8 @@ def _copy_width(launch):
 def _low_occupancy_reason(launch, ttgir):
     """Why a launch may run fewer than MIN_BLOCKS_PER_SM blocks per SM, or None: the check is for the memory-
     and integer-bound kernels, which hide latency with resident blocks."""
-    if "tt.dot" in ttgir or "warp_group_dot" in ttgir:
-        return "a tl.dot GEMM, whose pipelined tiles hide latency"
+    if ("tt.dot" in ttgir or "warp_group_dot" in ttgir) and launch.kernel.__name__ not in GEMM_OPERANDS:
+        return "a tl.dot GEMM, whose pipelined tiles hide latency"  # the gathering GEMMs need blocks as copies do
     if launch.kernel.__name__ == "_random_masking_fwd_kernel" and launch.constexprs["BLOCK_L"] >= 8192:
         return "the 8192-key sort (16 warps keep it spill-free; one program per sample)"
     if launch.kernel.__name__ == "_tube_mask_kernel" and launch.constexprs["BLOCK_HW"] >= 4096:

@@ -95,6 +95,9 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         block_m, block_n, block_k, warps, stages = 128, 128, 32, 8, 3
     else:
         block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 3
+    # ptxas takes 134-197 registers per thread for the 16-bit tiles unasked (one block of 8 warps per SM on
+    # sm_90 and sm_80); capped at 128 they fit without spills, two blocks per SM (compile_check pins both).
+    options = dict(maxnreg=128) if low and not interpret else {}
     video = imgs.dim() == 5
     s_n, s_c = imgs.stride(0), imgs.stride(1)
     s_t = imgs.stride(2) if video else 0
@@ -112,5 +115,5 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, first, s_n, s_c, s_t,
         imgs.stride(-2), imgs.stride(-1), C=C, U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
         UPCAST=interpret and low, IEEE=imgs.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **options)
     return out
