@@ -42,12 +42,13 @@ def _masked_patch_embed_kernel(
     for r0 in range(0, R, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)  # int32: divided by constants, then widened
         r_mask = r < R
-        # Both divide r itself: Triton's alignment analysis keeps runs through `// const` and `% const` only of
-        # a tile-long contiguous range (r, not r % (U * PH * PW)), and vector width = run length and alignment.
-        # So with s_w == 1 the pixels load in aligned runs within a patch row (p=16: 16-byte cp.async; p=14:
-        # pairs, 4-byte cp.async in 16-bit, 8 in fp32), the weight as the constant R aligns it (p=14 bf16: 8 B).
-        # 4 B is the limit for 16-bit p=14: patch rows start at 28 * wi bytes, 4-byte aligned only, and wider
-        # aligned spans would need a per-row shift in registers (no cp.async; TMA needs 16-byte strides).
+        # p_row and p_col come from r itself, not from r % (U * PH * PW): Triton's alignment analysis keeps runs
+        # through `// const` and `% const` only of a range contiguous over the whole tile, and a load's vectors
+        # are as wide as its runs and their alignment. So with s_w == 1 a patch row loads in aligned runs (p=16:
+        # 16-byte cp.async; p=14: pairs, 4 B in 16-bit, 8 B in fp32) and the weight as the constant R aligns it
+        # (p=14, 16-bit: 8 B). 4 B is the ceiling for 16-bit p=14: patch rows start at 28 * wi bytes, 4-byte
+        # aligned only; a wider aligned span would need a per-row shift in registers (no cp.async), and TMA
+        # 16-byte strides.
         t = r // PW  # (c, frame, p_row)
         col_off = ((t // up).to(tl.int64) * s_c + ((t // PH) % U).to(tl.int64) * s_t + (t % PH).to(tl.int64) * s_h
                    + (r % PW).to(tl.int64) * s_w)
