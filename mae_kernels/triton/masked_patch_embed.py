@@ -98,7 +98,8 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 3
     # ptxas takes 134-197 registers per thread for the 16-bit tiles unasked (one block of 8 warps per SM on
     # sm_90 and sm_80); capped at 128 they fit without spills, two blocks per SM (compile_check pins both).
-    options = dict(maxnreg=128) if low and not interpret else {}
+    # maxnreg is an option of Triton's NVIDIA backend only.
+    options = dict(maxnreg=128) if low and not interpret and torch.version.hip is None else {}
     video = imgs.dim() == 5
     s_n, s_c = imgs.stride(0), imgs.stride(1)
     s_t = imgs.stride(2) if video else 0
