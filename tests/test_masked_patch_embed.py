@@ -266,3 +266,13 @@ def test_gpu_opcheck(backend):
 def test_gpu_vit_b16_shape(backend):
     """ViT-B/16 at 224, batch 256, bf16, 49 of 196 patches kept, fp32 pos_embed (as in pre-training)."""
     check(backend, "cuda", 16, 3, 224, 224, 768, torch.bfloat16, K=49, N=256, pos_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_vit_h14_shape(backend, dtype):
+    """ViT-H/14 at 224 (p=14, D=1280, 64 of 256 patches kept): strides divisible by 16, so the compiled Triton
+    kernel loads the pixels in aligned pairs (4 B in 16-bit, 8 B in fp32), half of the patch rows starting 4 bytes
+    past an 8-byte boundary; the smaller p=14 shapes above have unaligned strides and take scalar loads."""
+    check(backend, "cuda", 14, 3, 224, 224, 1280, dtype, K=64, N=4)

@@ -47,6 +47,23 @@ def _fat_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
     tl.store(y_ptr + i, tl.sort(x) + tl.cumsum(x, 0))  # 1024 threads with a register-hungry body
 
 
+@triton.jit
+def _nested_index_gemm_kernel(img_ptr, w_ptr, out_ptr, PW: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # masked_patch_embed's p=14 pixel tile as it was: p_row / p_col taken from r % (ph * pw), which hides the
+    # aligned pairs from Triton (2-byte loads through registers, no cp.async)
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, 3 * PW * PW, BLOCK_K):
+        r = r0 + tl.arange(0, BLOCK_K)
+        q = r % (PW * PW)
+        col_off = (r // (PW * PW)) * 50176 + (q // PW) * 224 + q % PW
+        a = tl.load(img_ptr + (rows * 2 * PW)[:, None] + col_off[None, :], mask=(r < 3 * PW * PW)[None, :], other=0.0)
+        acc = tl.dot(a, tl.load(w_ptr + r[:, None] * BLOCK_N + cols[None, :]), acc)
+    tl.store(out_ptr + rows[:, None] * BLOCK_N + cols[None, :], acc)
+
+
 def _launch(kernel, args, **options):
     sink = []
     cc._Recorder(kernel, sink, ["selftest"])[(1,)](*args, **options)
@@ -55,14 +72,18 @@ def _launch(kernel, args, **options):
 
 def main():
     f32 = torch.empty(1 << 16, device="meta")
+    bf16 = torch.empty(1 << 16, dtype=torch.bfloat16, device="meta")
     cases = [
         _launch(_div_index_kernel, (f32, f32, 3), BLOCK=1024),
         _launch(_div_in_loop_kernel, (f32, f32, 100, 3), BLOCK=256),
         _launch(_approx_div_kernel, (f32, f32), BLOCK=1024),
         _launch(_narrow_copy_kernel, (f32, f32, 512), BLOCK=1024),
         _launch(_fat_kernel, (f32, f32), BLOCK=32768, num_warps=32),
+        _launch(_nested_index_gemm_kernel, (bf16, bf16, f32), PW=14, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32,
+                num_warps=8),
     ]
     cc.COPY_KERNELS["_narrow_copy_kernel"] = lambda c: ("D", True, True)
+    cc.GEMM_OPERANDS["_nested_index_gemm_kernel"] = lambda launch: [("pixels (A)", (128, 32), 4)]
     out = {}
     # random_masking's RNG offset moves every call: all of these must be one compiled variant.
     from mae_kernels.triton import random_masking as rm

@@ -7,7 +7,8 @@ target=GPUTarget("cuda", arch, 32)) down to a cubin with the ptxas bundled in th
 resources are checked: shared memory against the device limit, registers x threads against the register
 file, local memory (register spills), and the grid against CUDA's limits. Then facts that decide speed, read
 from the compiled code (see check_code): no runtime integer division in per-element index math, 16-byte global
-accesses in the main loop of copy-like kernels, at least MIN_BLOCKS_PER_SM blocks per SM, no approximate division.
+accesses in the main loop of copy-like kernels, GEMM operand tiles loaded by cp.async as wide as their rows'
+alignment allows (GEMM_OPERANDS), at least MIN_BLOCKS_PER_SM blocks per SM, no approximate division.
 
 Must run with TRITON_INTERPRET=0 set before triton is imported (under the interpreter @triton.jit makes no
 compilable function): `TRITON_INTERPRET=0 python -m mae_kernels.triton.compile_check [--arch 90 80]`.
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -35,7 +37,7 @@ REGISTERS_PER_BLOCK = 65536
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
            torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1", torch.float64: "fp64"}
-_OPTIONS = ("num_warps", "num_stages")
+_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 HEAVY = "[first arch only] "  # prefix of the scenarios too slow to compile for every arch
 # The 16-byte access check fails from this triton on; older compilers pick narrower vectors for some kernels the
 # newer one widens (triton 3.6: 8-byte loads in the unshuffle backward's main loop), which is reported, not fatal.
@@ -537,6 +539,37 @@ COPY_KERNELS = {
     "_backward_rows_kernel": lambda c: ("D", True, True),
     "_append_kernel": lambda c: ("D", True, True),
 }
+
+
+def _embed_operands(launch):
+    """masked_patch_embed's operand tiles: the pixels (A, [BLOCK_M, BLOCK_K]) move in runs within a patch row,
+    as wide as every row's start is aligned: gcd(pw, the strides, 16) elements when pixels are contiguous along
+    W (16 B at p=16, 4 B at p=14 in 16-bit: patch rows start at 28 * wi bytes); the weight (B, [BLOCK_K,
+    BLOCK_N]) rows R = C * u * ph * pw long."""
+    c, sig = launch.constexprs, launch.signature
+
+    def align(name):  # elements: a stride the JIT made a constant (== 1), or 16 where it saw it 16-divisible
+        return c[name] if sig[name] == "constexpr" else (16 if (list(sig).index(name),) in launch.attrs else 1)
+
+    def elt(ptr):
+        return int(re.search(r"\d+", sig[ptr]).group(0)) // 8
+
+    pixels = 0
+    if c.get("s_w") == 1 and align("img_ptr") > 1:
+        run = c["PW"]
+        for stride in ("s_n", "s_c", "s_t", "s_h"):
+            run = math.gcd(run, align(stride))
+        pixels = min(16, (run & -run) * elt("img_ptr"))
+    R = c["C"] * c["U"] * c["PH"] * c["PW"]
+    weight = min(16, (R & -R) * elt("w_ptr")) if align("w_ptr") > 1 else 0
+    return [("pixels (A)", (c["BLOCK_M"], c["BLOCK_K"]), pixels), ("weight (B)", (c["BLOCK_K"], c["BLOCK_N"]), weight)]
+
+
+# GEMMs that load their operand tiles straight from memory: {kernel: launch -> [(operand, (rows, cols) of its
+# tile (told apart by shape), bytes its accesses must move)]}. Accesses of 4 B and more must go global -> shared
+# by cp.async (what Triton's pipeliner emits for them), none narrower than the row alignment allows; and, as their
+# loads are gathers, MIN_BLOCKS_PER_SM blocks per SM like the copy kernels (not exempt as other tl.dot GEMMs).
+GEMM_OPERANDS = {"_masked_patch_embed_kernel": _embed_operands}
 _INT_DIV = re.compile(r"= arith\.(divsi|divui|remsi|remui) (%[\w.#]+), (%[\w.#]+) : (.*?) loc\((#\w+)\)")
 _CONST = re.compile(r"^\s*(%[\w.#]+) = arith\.constant ")
 _LOC_DEF = re.compile(r"^(#\w+) = (loc\(.*)$")
@@ -646,6 +679,34 @@ def narrow_accesses(ptx, ttgir, loads, stores, want):
     return sorted(set(found))
 
 
+_TILE_LOAD = re.compile(r"(?:tt\.load|ttg\.async_copy_global_to_local) .*?tensor<(\d+)x(\d+)x!tt\.ptr<\w+>.* "
+                        r"loc\((#\w+)\)")
+_PTX_ASYNC = re.compile(r"\b(cp\.async\.c[ag]\.shared\.global) \[[^\]]*\], \[[^\]]*\], (0x[0-9a-f]+|\d+)")
+
+
+def tile_loads(ptx, ttgir, shape):
+    """Every global access (instruction, bytes, file:line) that loads 2-D tiles of `shape` (rows, cols): the
+    ld.global or cp.async instructions at the source lines of those tiles' tt.load (or their pipelined copies)."""
+    locs = dict(m.groups() for m in map(_LOC_DEF.match, ttgir.splitlines()) if m)
+    lines = {_source_line(m.group(3), locs) for m in map(_TILE_LOAD.search, ttgir.splitlines())
+             if m and (int(m.group(1)), int(m.group(2))) == tuple(shape)}
+    found, where = [], "?"
+    for line in ptx.splitlines():
+        loc = _PTX_LOC.match(line)
+        if loc:
+            where = loc.group(1).rsplit(":", 1)[0]
+        if where not in lines:
+            continue
+        m = _PTX_ASYNC.search(line)
+        if m:
+            found.append((m.group(1), int(m.group(2), 0), where))
+            continue
+        m = _PTX_MEM.search(line)
+        if m and m.group(1) == "ld":
+            found.append((f"ld.global{m.group(2)}", _width(m.group(2)), where))
+    return sorted(set(found))
+
+
 def approximate_divisions(ptx):
     """Approximate division / square root instructions (Triton's `/` and tl.sqrt): [(instruction, file:line)]."""
     found, where = [], "?"
@@ -678,8 +739,8 @@ def _copy_width(launch):
 def _low_occupancy_reason(launch, ttgir):
     """Why a launch may run fewer than MIN_BLOCKS_PER_SM blocks per SM, or None: the check is for the memory-
     and integer-bound kernels, which hide latency with resident blocks."""
-    if "tt.dot" in ttgir or "warp_group_dot" in ttgir:
-        return "a tl.dot GEMM, whose pipelined tiles hide latency"
+    if ("tt.dot" in ttgir or "warp_group_dot" in ttgir) and launch.kernel.__name__ not in GEMM_OPERANDS:
+        return "a tl.dot GEMM, whose pipelined tiles hide latency"  # the gathering GEMMs need blocks as copies do
     if launch.kernel.__name__ == "_random_masking_fwd_kernel" and launch.constexprs["BLOCK_L"] >= 8192:
         return "the 8192-key sort (16 warps keep it spill-free; one program per sample)"
     if launch.kernel.__name__ == "_tube_mask_kernel" and launch.constexprs["BLOCK_HW"] >= 4096:
@@ -709,6 +770,20 @@ def check_code(res, ck):
             res.problems += narrow
         elif narrow:  # the vector width is the compiler's choice: recorded for older triton, not a failure
             res.facts["narrow accesses"] = narrow
+    for operand, shape, want in GEMM_OPERANDS.get(name, lambda ln: [])(launch):
+        loads = tile_loads(ptx, ck.asm["ttgir"], shape)
+        if not loads:
+            res.problems.append(f"{name}: no global load of its {operand} tile {shape[0]}x{shape[1]} found")
+            continue
+        res.facts[f"{operand} B"] = min(width for _, width, _ in loads)
+        res.facts[f"{operand} cp.async"] = all(instr.startswith("cp.async") for instr, _, _ in loads)
+        for instr, width, where in loads:
+            if width < want:
+                res.problems.append(f"{name}: {operand} tile loaded {width} B at a time ({instr} at {where}), "
+                                    f"narrower than the {want} B its rows' alignment allows")
+            elif want >= 4 and not instr.startswith("cp.async"):
+                res.problems.append(f"{name}: {operand} tile loaded through registers ({instr} at {where}), not "
+                                    f"by cp.async into shared memory")
     blocks = blocks_per_sm(res.arch, res.registers, res.threads, res.shared)
     res.facts["blocks/SM"] = blocks
     reason = _low_occupancy_reason(launch, ck.asm["ttgir"])

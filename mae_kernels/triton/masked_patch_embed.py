@@ -20,11 +20,11 @@ def _masked_patch_embed_kernel(
         ids_ptr,  # [N * K] int64 kept patch indices
         w_ptr,  # [D, C * u * ph * pw] contiguous (Conv2d / Conv3d weight flattened)
         b_ptr,  # [D]
-        pos_ptr,  # POS_TABLE: [R, D] contiguous (token l at row pos_first + l); POS_SEPARABLE: spatial [hw, D]
+        pos_ptr,  # POS_TABLE: [rows, D] contiguous (token l at row pos_first + l); POS_SEPARABLE: spatial [hw, D]
         pos_t_ptr,  # POS_SEPARABLE: temporal [t, D] contiguous; else unused
         out_ptr,  # [N * K, D] contiguous
-        M, K, D, R, pos_first, s_n, s_c, s_t, s_h, s_w,  # M = N * K rows, R = C * u * ph * pw reduction length
-        U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: the index math divides by them
+        M, K, D, pos_first, s_n, s_c, s_t, s_h, s_w,  # M = N * K rows
+        C: tl.constexpr, U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: index math divides by them
         GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
         POS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -36,16 +36,22 @@ def _masked_patch_embed_kernel(
     cell = l % GRID_HW  # hi * w + wi
     row_off = ((rows // K) * s_n + (l // GRID_HW) * U * s_t + (cell // GRID_W) * PH * s_h
                + (cell % GRID_W) * PW * s_w)  # the tubelet's first pixel
-    pp: tl.constexpr = PH * PW
-    upp: tl.constexpr = U * PH * PW
+    up: tl.constexpr = U * PH
+    R: tl.constexpr = C * U * PH * PW  # reduction length, in the weight's (c, frame, p_row, p_col) order
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)  # int32: divided by constants, then widened
         r_mask = r < R
-        q = r % upp  # (c, frame, p_row, p_col) order
-        q2 = q % pp
-        col_off = ((r // upp).to(tl.int64) * s_c + (q // pp).to(tl.int64) * s_t + (q2 // PW).to(tl.int64) * s_h
-                   + (q2 % PW).to(tl.int64) * s_w)
+        # p_row and p_col come from r itself, not from r % (U * PH * PW): Triton's alignment analysis keeps runs
+        # through `// const` and `% const` only of a range contiguous over the whole tile, and a load's vectors
+        # are as wide as its runs and their alignment. So with s_w == 1 a patch row loads in aligned runs (p=16:
+        # 16-byte cp.async; p=14: pairs, 4 B in 16-bit, 8 B in fp32) and the weight as the constant R aligns it
+        # (p=14, 16-bit: 8 B). 4 B is the ceiling for 16-bit p=14: patch rows start at 28 * wi bytes, 4-byte
+        # aligned only; a wider aligned span would need a per-row shift in registers (no cp.async), and TMA
+        # 16-byte strides.
+        t = r // PW  # (c, frame, p_row)
+        col_off = ((t // up).to(tl.int64) * s_c + ((t // PH) % U).to(tl.int64) * s_t + (t % PH).to(tl.int64) * s_h
+                   + (r % PW).to(tl.int64) * s_w)
         a = tl.load(img_ptr + row_off[:, None] + col_off[None, :], mask=row_mask[:, None] & r_mask[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * R + r.to(tl.int64)[:, None], mask=r_mask[:, None] & col_mask[None, :],
                     other=0.0)
@@ -79,7 +85,7 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         if table is not None:
             out_dtype = torch.promote_types(out_dtype, table.dtype)
     out = torch.empty(N, K, D, dtype=out_dtype, device=imgs.device)
-    M, R = N * K, C * u * ph * pw
+    M = N * K
     if M == 0 or D == 0:
         return out
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -90,6 +96,10 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         block_m, block_n, block_k, warps, stages = 128, 128, 32, 8, 3
     else:
         block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 3
+    # ptxas takes 134-197 registers per thread for the 16-bit tiles unasked (one block of 8 warps per SM on
+    # sm_90 and sm_80); capped at 128 they fit without spills, two blocks per SM (compile_check pins both).
+    # maxnreg is an option of Triton's NVIDIA backend only.
+    options = dict(maxnreg=128) if low and not interpret and torch.version.hip is None else {}
     video = imgs.dim() == 5
     s_n, s_c = imgs.stride(0), imgs.stride(1)
     s_t = imgs.stride(2) if video else 0
@@ -104,8 +114,8 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
         first = pos.shape[0] - L  # 1 when row 0 is the cls token's
     grid = (triton.cdiv(M, block_m), triton.cdiv(D, block_n))
     _masked_patch_embed_kernel[grid](
-        imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, R, first, s_n, s_c, s_t,
-        imgs.stride(-2), imgs.stride(-1), U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
+        imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, first, s_n, s_c, s_t,
+        imgs.stride(-2), imgs.stride(-1), C=C, U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
         UPCAST=interpret and low, IEEE=imgs.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **options)
     return out
