@@ -98,6 +98,8 @@ def _weight_matrix(weight):
 
 def _make_backward(patchify_ops):
     def backward(ctx, grad_out):
+        if grad_out is None:  # not materialised (_registry.register): no gradient reached the tokens
+            return (None,) * 6
         imgs, ids_keep, weight = ctx.saved_tensors
         D, C = ctx.weight_shape[:2]
         u, ph, pw = ctx.patch_size
