@@ -829,6 +829,9 @@ def main(argv=None):
     parser.add_argument("--count", nargs=5, metavar=("OP", "BACKEND", "N", "PASSES", "OUT"),
                         help=argparse.SUPPRESS)  # the counting worker (run_counts)
     args = parser.parse_args(argv)
+    # This checkout's mae_kernels, also in the counting workers (their sys.path[0] is python/: an installed
+    # mae_kernels of another checkout would be measured instead).
+    sys.path.insert(0, str(ROOT))
     if args.count:
         op, backend, n, passes, out = args.count
         return count_worker(op, backend, int(n), passes, out)
@@ -838,7 +841,6 @@ def main(argv=None):
         return 0
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("run with TRITON_INTERPRET=0 (the report compiles the Triton kernels)")
-    sys.path.insert(0, str(ROOT))
     rows = analyse(args.ops)
     meta = metadata()
     pathlib.Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, machine=H100, rows=rows), indent=1))
