@@ -22,7 +22,8 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "referenc
 # (bench/results/static_report.md, python/static_report.py: predictions for an H100 at ViT-B/16 224, N = 256,
 # bf16, from the compiled SASS / PTX and a bytes model), NOT GPU measurements: revisit each entry when the report
 # is regenerated or a GPU measures the two paths (bench: `make gpu-check`). Ops not listed: DEFAULT_CUDA_ORDER.
-STATIC_REPORT = "bench/results/static_report.md (static predictions for an H100, not GPU measurements)"
+STATIC_REPORT = ("bench/results/static_report.md as of 547dd1af (static predictions for an H100, not GPU "
+                 "measurements)")
 DEFAULT_CUDA_ORDER = (("cuda", "triton", "reference"),
                       "cuda first by default: no static prediction favours another backend for this op (the compiled "
                       "launcher also has no Python launch overhead)")
