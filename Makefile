@@ -64,8 +64,9 @@ test-isa: install
 
 # The oldest supported versions (pyproject's floors): torch 2.11 and the triton it brings (3.6), in .venv-floor.
 # Built in a copy of the sources (build/floor), so the main in-place build stays as it is. Lean: the image op
-# suites, info, the Triton AOT check (triton 3.6: the GPU machine's), the CUDA resource check, and the Triton
-# interpreter cases of debug mode, large indices and layouts, in one pytest per core (python/run_tests_parallel.py).
+# suites, info, autograd without materialised gradients, the Triton AOT check (triton 3.6: the GPU machine's), the
+# CUDA resource check, and the Triton interpreter cases of debug mode, large indices and layouts, in one pytest per
+# core (python/run_tests_parallel.py).
 # (Input validation and the model are torch-version-free Python over the same ops; the video op suites and the
 # other hardening suites pass here too but are left to the main leg for CI time.)
 # numpy<2.4: triton 3.6's interpreter turns runtime loop bounds into ints with int() of a 1-element array, which
@@ -77,7 +78,7 @@ FLOOR_DEPS  := ninja "numpy<2.4" setuptools wheel pybind11 pytest pytest-benchma
 FLOOR_SRC   := build/floor
 FLOOR_TESTS ?= tests/test_random_masking.py tests/test_patchify.py tests/test_append_mask_tokens.py \
                tests/test_masked_patch_embed.py tests/test_masked_mse_loss.py tests/test_unshuffle_with_mask_tokens.py \
-               tests/test_backends.py tests/test_cuda_resources.py
+               tests/test_backends.py tests/test_cuda_resources.py tests/test_autograd_grads.py
 # The AOT check (minutes) is in the second, shorter selection.
 FLOOR_TRITON_TESTS ?= tests/test_triton_compile.py tests/test_debug_mode.py tests/test_large_index.py tests/test_layouts.py
 

@@ -1,9 +1,12 @@
 """Which backend runs an op, and why the others cannot.
 
 Backends: "cuda" (compiled CUDA kernels), "triton", "cpu" (compiled C++), "reference" (eager PyTorch, the spec).
-Automatic choice by device: CUDA tensors -> cuda, then triton; CPU tensors -> cpu; reference last.
-Override with the environment variable MAE_KERNELS_BACKEND or `with mae_kernels.use_backend("triton"):`.
-An explicitly requested backend that cannot run raises BackendUnavailable saying why.
+Automatic choice: CPU tensors -> cpu, then reference; CUDA tensors -> the op's order in CUDA_ORDER (cuda, then
+triton, then reference unless the evidence says otherwise: each entry states it), the first that can run. An op's
+backward runs on the backend its forward chose (autograd is registered per backend's op). Override with the
+environment variable MAE_KERNELS_BACKEND or `with mae_kernels.use_backend("triton"):`. An explicitly requested
+backend that cannot run raises BackendUnavailable saying why; report(device_type, op) says why each backend was or
+was not chosen.
 """
 import contextlib
 import os
@@ -14,6 +17,39 @@ from . import _ext
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+# The automatic order for CUDA tensors per op, with its evidence. The evidence is the static per-kernel report
+# (bench/results/static_report.md, python/static_report.py: predictions for an H100 at ViT-B/16 224, N = 256,
+# bf16, from the compiled SASS / PTX and a bytes model), NOT GPU measurements: revisit each entry when the report
+# is regenerated or a GPU measures the two paths (bench: `make gpu-check`). Ops not listed: DEFAULT_CUDA_ORDER.
+STATIC_REPORT = ("bench/results/static_report.md as of 547dd1af (static predictions for an H100, not GPU "
+                 "measurements)")
+DEFAULT_CUDA_ORDER = (("cuda", "triton", "reference"),
+                      "cuda first by default: no static prediction favours another backend for this op (the compiled "
+                      "launcher also has no Python launch overhead)")
+CUDA_ORDER = {
+    "masked_patch_embed": (
+        ("triton", "cuda", "reference"),
+        "triton first: its kernel is one fused GEMM that loads its tiles from the pixels (3 launches, 1.00x the "
+        "minimum bytes), predicted at 87% of copy bandwidth against 33% for the cuda path (gather, bf16 GEMM, "
+        "fp32 index_select, add: 8 launches, 2.61x the minimum bytes) at ViT-B/16 bf16, p = 16; the backward is "
+        "the same code on both (17%)"),
+    "random_masking": (
+        ("cuda", "triton", "reference"),
+        "cuda first: both predicted alike (forward 100%, backward 81% of copy bandwidth), and the compiled launcher "
+        "has no Python launch overhead"),
+    "masked_patchify": (
+        ("cuda", "triton", "reference"),
+        "cuda first: both predicted alike (forward 72%, backward 83%), and the compiled launcher has no Python "
+        "launch overhead"),
+    "unshuffle_with_mask_tokens": (
+        ("cuda", "triton", "reference"),
+        "cuda first: forward alike (100%), backward 74% for cuda against 12% for triton (its batch-sum partials "
+        "end in one single-program reduction)"),
+    "masked_mse_loss": (
+        ("cuda", "triton", "reference"),
+        "cuda first: forward 80% (3 launches) against 68% for triton (11 launches), backward alike (33%)"),
+}
 _state = threading.local()
 
 
@@ -115,7 +151,7 @@ def select(op, device_type, implemented=BACKENDS):
         if reason is not None:
             raise BackendUnavailable(f"mae_kernels.{op}: backend {forced!r} cannot run: {reason}")
         return forced
-    order = _AUTO_ORDER.get(device_type, ("reference",))
+    order = auto_order(op, device_type)[0]
     reasons = []
     for name in order:
         reason = why_not(name, device_type, implemented)
@@ -125,6 +161,40 @@ def select(op, device_type, implemented=BACKENDS):
     raise BackendUnavailable(f"mae_kernels.{op}: no backend can run on {device_type}: " + "; ".join(reasons))
 
 
-def report(device_type):
-    """{backend: None or the reason it cannot run} for `device_type`."""
-    return {name: why_not(name, device_type) for name in BACKENDS}
+def auto_order(op, device_type):
+    """(the backends tried in order for `op` on `device_type` when none is forced, why that order)."""
+    if device_type == "cuda":
+        order, reason = CUDA_ORDER.get(op, DEFAULT_CUDA_ORDER)
+        return order, f"{reason} [evidence: {STATIC_REPORT}]" if op in CUDA_ORDER else reason
+    if device_type == "cpu":
+        return _AUTO_ORDER["cpu"], "the compiled C++ kernels, the reference if they are not built"
+    return ("reference",), f"no compiled or Triton backend runs on {device_type!r}"
+
+
+def report(device_type, op=None):
+    """{backend: None or the reason it cannot run} for `device_type`. With `op`: why each backend was or was not
+    chosen for it (as xformers' dispatch explains itself), in the op's automatic order then the others: None for
+    the backend select() picks, else the reason it cannot run, or that it comes after the chosen one in the op's
+    order (and why that order), or that it is not in that order, or that another backend is forced."""
+    if op is None:
+        return {name: why_not(name, device_type) for name in BACKENDS}
+    order, reason = auto_order(op, device_type)
+    forced = requested_backend()
+    chosen = forced if forced is not None and why_not(forced, device_type) is None else None
+    if forced is None:
+        chosen = next((name for name in order if why_not(name, device_type) is None), None)
+    out = {}
+    for name in list(order) + [b for b in BACKENDS if b not in order]:
+        cannot = why_not(name, device_type)
+        if cannot is not None:
+            out[name] = f"cannot run: {cannot}"
+        elif name == chosen:
+            out[name] = None
+        elif forced is not None:
+            out[name] = f"not chosen: backend {forced!r} is forced (use_backend / MAE_KERNELS_BACKEND)"
+        elif name in order:
+            out[name] = (f"not chosen: {chosen} comes first for {op} on {device_type} tensors (order "
+                         f"{' > '.join(order)}: {reason})")
+        else:
+            out[name] = f"not chosen: not in the automatic order for {device_type} tensors ({' > '.join(order)})"
+    return out

@@ -34,6 +34,12 @@ def collect():
         "gpu": gpu,
         "extension": _ext.build_info() or {"error": _ext.load_error},
         "backends": {dev: backends.report(dev) for dev in devices},
+        # Static: the order is the same whether or not a GPU is here; `chosen` only where one is.
+        "cuda_order": {op: dict(order=list(backends.auto_order(op, "cuda")[0]),
+                                reason=backends.auto_order(op, "cuda")[1],
+                                chosen=(next((b for b, why in backends.report("cuda", op).items() if why is None),
+                                             None) if "cuda" in devices else None))
+                       for op in list(backends.CUDA_ORDER) + ["other ops"]},
     }
 
 
@@ -54,4 +60,9 @@ def main(argv=None):
         print(f"backends for {dev} tensors:")
         for name, reason in report.items():
             print(f"  {name:<10} {'usable' if reason is None else 'unusable: ' + reason}")
+    print("automatic order per op for cuda tensors (cpu tensors: cpu > reference), from static predictions, not GPU "
+          "measurements:")
+    for op, entry in info["cuda_order"].items():
+        chosen = f" [chosen here: {entry['chosen']}]" if entry["chosen"] else ""
+        print(f"  {op:<27} {' > '.join(entry['order'])}{chosen}: {entry['reason']}")
     return 0

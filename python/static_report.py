@@ -164,6 +164,12 @@ CONTAINER = {"matmul", "linear", "contiguous", "reshape", "flatten", "to", "_to_
              "ones_like", "full", "full_like", "new_zeros", "new_full", "new_ones", "type_as"}
 NO_KERNEL |= {"promote_types", "can_cast", "is_floating_point", "is_complex", "_shape_as_tensor"}
 SYNC = {"_local_scalar_dense", "item"}
+# The profiler range around masked_patch_embed's CPU-only fp32 backward GEMM (ops/masked_patch_embed.py
+# CPU_FP32_GEMM; tests/test_static_report.py checks that they agree).
+CPU_FP32_GEMM = "mae_kernels::cpu_fp32_gemm"
+# The profiler range around each read _count_host_reads counts: the item / _local_scalar_dense events inside it
+# are that same read (int(t) calls item()), not a second one.
+HOST_READ = "static_report::host_read"
 
 
 def _tensors(shapes, dtypes):
@@ -221,8 +227,9 @@ def _tree(events):
 
 def kernels_of(roots):
     """[(kind, name, read, written, flops, within)] of the kernels the op tree launches, in order (within: the
-    enclosing ops, outermost first, "/"-joined), and the number of device-to-host syncs (`item`). kind: aten or
-    triton (emulated CUDA kernels are counted by the emulator)."""
+    enclosing ops, outermost first, "/"-joined), and the number of device-to-host syncs (`item`) outside the
+    HOST_READ ranges of the reads _count_host_reads counts. kind: aten or triton (emulated CUDA kernels are counted
+    by the emulator)."""
     out, syncs = [], 0
 
     def walk(nodes, within):
@@ -235,7 +242,7 @@ def kernels_of(roots):
             if name.startswith("aten::"):
                 base = name[len("aten::"):]
                 if base in SYNC:
-                    syncs += 1
+                    syncs += HOST_READ not in within  # else counted by _count_host_reads already
                     continue
                 if base in NO_KERNEL:
                     continue
@@ -269,7 +276,11 @@ def _hook_triton_launches():
 
 def _count_host_reads():
     """Counts the Python-side reads of tensor values (tolist, item, int(), bool()...): device-to-host copies that
-    block on a GPU. Returns the counter ([count])."""
+    block on a GPU. Each counted read runs in a HOST_READ profiler range, so that kernels_of does not count its
+    aten::item a second time (it did: the seed's int(torch.randint(...)) of the Triton random_masking forward on
+    CPU showed as a read left over after the randint's was dropped). Returns the counter ([count])."""
+    from torch.profiler import record_function
+
     import torch
 
     counter, depth = [0], [0]
@@ -277,10 +288,13 @@ def _count_host_reads():
         original = getattr(torch.Tensor, attr)
 
         def wrapped(self, *a, _original=original, **kw):
-            if self.device.type != "meta" and depth[0] == 0:  # int(t) calls item(): one read
-                counter[0] += 1
+            outer = self.device.type != "meta" and depth[0] == 0  # int(t) calls item(): one read
+            counter[0] += outer
             depth[0] += 1
             try:
+                if outer:
+                    with record_function(HOST_READ):
+                        return _original(self, *a, **kw)
                 return _original(self, *a, **kw)
             finally:
                 depth[0] -= 1
@@ -517,11 +531,26 @@ def host_path_only(op, backend, kernel):
     if backend == "cuda" and op == "random_masking" and name == "aten::rand" and "mae_kernels::" not in within:
         return "the cpu backend's noise (the cuda kernel draws Philox numbers itself)"
     if backend == "triton" and name == "aten::randint" and "mae_kernels::" not in within:
-        return "the seed drawn from a CPU generator (on CUDA: the generator's seed and offset, no kernel)"
+        return ("the seed drawn from a CPU generator, and its int() (on CUDA: the generator's seed and offset, "
+                "host-side state: no kernel, no device-to-host read)")
     if backend == "cuda" and op == "masked_patch_embed" and name == "aten::copy_" and \
             "mae_kernels::masked_patch_embed" in within and "aten::to" in within:
         return "the CPU GEMM branch's fp32 casts (masked_patch_embed_gemm.h: bf16 GEMM on CUDA)"
+    if name == "aten::copy_" and CPU_FP32_GEMM in within:
+        return ("the CPU GEMM branch's fp32 casts of the backward (ops/masked_patch_embed.py _matmul: one bf16 GEMM "
+                "on CUDA)")
     return None
+
+
+def gpu_gemm_bytes(op, backend, kernel):
+    """A GEMM of the CPU run that runs in fp32 on CPU and in bf16 on a GPU (the forward's at::addmm of the cuda
+    path, the backward's _matmul on both paths): on a GPU it reads and writes half the bytes. Returns the kernel
+    with its bytes halved, or unchanged."""
+    fp32_on_cpu = (backend == "cuda" and op == "masked_patch_embed" and kernel["name"] == "aten::addmm") or (
+        kernel["name"] == "aten::mm" and CPU_FP32_GEMM in kernel["within"])
+    if fp32_on_cpu:
+        return dict(kernel, read=kernel["read"] // 2, written=kernel["written"] // 2)
+    return kernel
 
 
 def analyse(ops):
@@ -553,9 +582,7 @@ def analyse(ops):
                         dropped.append(f"{k['name']}: {why}")
                         syncs -= k["name"] == "aten::randint"  # and its int()
                         continue
-                    if backend == "cuda" and op == "masked_patch_embed" and k["name"] == "aten::addmm":
-                        k.update(read=k["read"] // 2, written=k["written"] // 2)  # bf16 on CUDA, fp32 on CPU
-                    kernels.append(k)
+                    kernels.append(gpu_gemm_bytes(op, backend, k))
                 if backend == "cuda":
                     emu = emu_f4 if pass_ == "forward" else {k: emu_b4.get(k, 0) - emu_f4.get(k, 0)
                                                              for k in emu_b4}
@@ -806,6 +833,9 @@ def main(argv=None):
     parser.add_argument("--count", nargs=5, metavar=("OP", "BACKEND", "N", "PASSES", "OUT"),
                         help=argparse.SUPPRESS)  # the counting worker (run_counts)
     args = parser.parse_args(argv)
+    # This checkout's mae_kernels, also in the counting workers (their sys.path[0] is python/: an installed
+    # mae_kernels of another checkout would be measured instead).
+    sys.path.insert(0, str(ROOT))
     if args.count:
         op, backend, n, passes, out = args.count
         return count_worker(op, backend, int(n), passes, out)
@@ -815,7 +845,6 @@ def main(argv=None):
         return 0
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("run with TRITON_INTERPRET=0 (the report compiles the Triton kernels)")
-    sys.path.insert(0, str(ROOT))
     rows = analyse(args.ops)
     meta = metadata()
     pathlib.Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, machine=H100, rows=rows), indent=1))

@@ -88,6 +88,79 @@ def test_info_command_runs():
     out = subprocess.run([sys.executable, "-m", "mae_kernels", "info"], capture_output=True, text=True, check=True)
     assert "torch" in out.stdout and "backends for cpu tensors" in out.stdout
     assert ("usable" in out.stdout) and ("unusable: tensors are on cpu" in out.stdout)
+    # The per-op order for CUDA tensors and its evidence, printed with or without a GPU.
+    assert "not GPU measurements" in out.stdout
+    assert "masked_patch_embed          triton > cuda > reference: triton first" in out.stdout
+    assert "other ops                   cuda > triton > reference: cuda first by default" in out.stdout
+
+
+@pytest.fixture
+def cuda_and_triton_available(monkeypatch):
+    """Both GPU backends able to run on CUDA tensors, as on a GPU machine with a CUDA build and triton."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("MAE_KERNELS_BACKEND", raising=False)
+    monkeypatch.setattr(_ext, "load_error", None)
+    monkeypatch.setattr(_ext, "has_cuda_kernels", lambda: True)
+    assert backends.why_not("cuda", "cuda") is None and backends.why_not("triton", "cuda") is None
+
+
+def test_cuda_order_follows_each_ops_evidence(cuda_and_triton_available, monkeypatch):
+    assert backends.select("masked_patch_embed", "cuda") == "triton"  # one fused GEMM: 87% vs 33% predicted
+    for op in ("random_masking", "masked_patchify", "unshuffle_with_mask_tokens", "masked_mse_loss",
+               "append_mask_tokens", "patchify", "mask_to_indices"):
+        assert backends.select(op, "cuda") == "cuda", op
+    with mae_kernels.use_backend("cuda"):  # forcing still wins
+        assert backends.select("masked_patch_embed", "cuda") == "cuda"
+    # The next in the op's order when the first cannot run.
+    monkeypatch.setattr(backends, "triton_problem", lambda device_type: "triton is not installed")
+    assert backends.select("masked_patch_embed", "cuda") == "cuda"
+    monkeypatch.setattr(_ext, "has_cuda_kernels", lambda: False)
+    assert backends.select("random_masking", "cuda") == "reference"
+
+
+def test_cpu_order_is_unchanged_for_every_op():
+    for op in list(backends.CUDA_ORDER) + ["append_mask_tokens"]:
+        assert backends.auto_order(op, "cpu")[0] == ("cpu", "reference")
+        assert backends.select(op, "cpu") == "cpu"
+
+
+def test_each_cuda_order_entry_states_its_evidence():
+    for op, (order, reason) in backends.CUDA_ORDER.items():
+        assert op in mae_kernels.__all__, f"CUDA_ORDER names {op!r}, which is no public op"
+        assert sorted(order) == ["cuda", "reference", "triton"] and order[-1] == "reference", (op, order)
+        assert reason.startswith(f"{order[0]} first") and "%" in reason, (op, reason)  # a prediction, cited
+        assert "not GPU measurements" in backends.auto_order(op, "cuda")[1]
+    assert backends.auto_order("append_mask_tokens", "cuda")[0] == backends.DEFAULT_CUDA_ORDER[0]
+
+
+def test_report_for_an_op_says_why_each_backend_was_not_chosen(cuda_and_triton_available):
+    report = backends.report("cuda", "masked_patch_embed")
+    assert list(report) == ["triton", "cuda", "reference", "cpu"]  # the op's order first
+    assert report["triton"] is None
+    assert report["cuda"].startswith("not chosen: triton comes first for masked_patch_embed on cuda tensors "
+                                     "(order triton > cuda > reference: triton first") and "87%" in report["cuda"]
+    assert report["cpu"].startswith("cannot run: tensors are on cuda")
+    assert backends.report("cuda", "masked_mse_loss")["triton"].startswith("not chosen: cuda comes first")
+    cpu = backends.report("cpu", "masked_patch_embed")
+    assert cpu["cpu"] is None and cpu["reference"].startswith("not chosen: cpu comes first")
+    assert cpu["triton"].startswith("not chosen: not in the automatic order for cpu tensors")
+    with mae_kernels.use_backend("reference"):
+        forced = backends.report("cpu", "masked_patch_embed")
+    assert forced["reference"] is None and "'reference' is forced" in forced["cpu"]
+
+
+@pytest.mark.gpu
+def test_gpu_ops_run_on_their_ordered_backend():
+    """On a GPU with both backends: masked_patch_embed's forward and backward run Triton, random_masking cuda."""
+    if backends.why_not("cuda", "cuda") or backends.why_not("triton", "cuda"):
+        pytest.skip("needs both the cuda and the triton backend")
+    imgs = torch.randn(2, 3, 32, 32, device="cuda")
+    weight = torch.randn(8, 3, 16, 16, device="cuda", requires_grad=True)
+    ids_keep = torch.tensor([[0, 2], [1, 3]], device="cuda")
+    tokens = mae_kernels.masked_patch_embed(imgs, ids_keep, weight, None)
+    assert "masked_patch_embed_triton" in tokens.grad_fn.name()
+    x_masked = mae_kernels.random_masking(torch.randn(2, 4, 8, device="cuda", requires_grad=True), 0.5)[0]
+    assert "triton" not in x_masked.grad_fn.name()
 
 
 def test_version_floors_are_pyprojects_lower_bounds():

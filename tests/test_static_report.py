@@ -133,3 +133,68 @@ def test_prediction_bounds():
     _, bound, hiding = sr.predict(3e9, 0, 0, 1, dict(facts, in_flight_bytes=2), 1, 10**6, 256)
     assert bound.startswith("latency") and abs(hiding - 512 / sr.IN_FLIGHT_PER_SM) < 1e-12
     assert sr.predict(10, 10, 0, 1, None, 0, 0, 0)[1] == "launch floor"
+
+
+def test_syncs_inside_a_counted_host_read_are_not_counted_twice():
+    """int(t) is one read: _count_host_reads counts it and wraps it in a HOST_READ range, whose aten::item the tree
+    walk then skips (the Triton random_masking forward's seed read was counted twice, once left after the dropped
+    randint's)."""
+    events = [_Event("aten::randint", 0, 5, [[1]], ["long int"]),
+              _Event(sr.HOST_READ, 10, 10),
+              _Event("aten::item", 11, 8, [[1]], ["long int"]),
+              _Event("aten::_local_scalar_dense", 12, 5, [[1]], ["long int"]),
+              _Event("aten::item", 30, 2, [[1]], ["float"])]  # a C++-side read: counted
+    assert sr.kernels_of(sr._tree(events))[1] == 1
+
+
+def test_host_reads_are_counted_once(monkeypatch):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for attr in ("tolist", "item", "__int__", "__float__", "__bool__", "__index__"):  # restored after the test
+        monkeypatch.setattr(torch.Tensor, attr, getattr(torch.Tensor, attr))
+    reads = sr._count_host_reads()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        int(torch.randint(0, 10, (1,)))
+        torch.arange(3).tolist()
+    assert reads[0] == 2 and sr.kernels_of(sr._tree(prof.profiler.kineto_results.events()))[1] == 0
+
+
+def test_masked_patch_embed_backward_cpu_only_casts_are_not_counted():
+    """The backward's _matmul runs bf16 as an fp32 GEMM on CPU only (a GPU runs one bf16 GEMM): its casts are
+    dropped with the reason, its GEMM counted at bf16 bytes; the cast of the fp32 gradient to the GEMM dtype and
+    the bias sum, which a GPU runs too, stay."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import mae_kernels
+    from mae_kernels.ops import masked_patch_embed as mpe
+
+    assert sr.CPU_FP32_GEMM == mpe.CPU_FP32_GEMM
+    imgs = torch.randn(2, 3, 8, 8).bfloat16()
+    weight = torch.randn(16, 3, 2, 2).bfloat16().requires_grad_()
+    bias = torch.randn(16).bfloat16().requires_grad_()
+    ids_keep = torch.stack([torch.randperm(16)[:4] for _ in range(2)])
+    with mae_kernels.use_backend("cpu"):
+        out = mae_kernels.masked_patch_embed(imgs, ids_keep, weight, bias, torch.randn(1, 17, 16))
+    grad = torch.ones_like(out)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.backward(grad)
+    kernels = [dict(kind=k[0], name=k[1], read=k[2], written=k[3], flops=k[4], within=k[5])
+               for k in sr.kernels_of(sr._tree(prof.profiler.kineto_results.events()))[0]]
+    for backend in ("cuda", "triton"):
+        reasons = [sr.host_path_only("masked_patch_embed", backend, k) for k in kernels]
+        dropped = [k["name"] for k, why in zip(kernels, reasons) if why]
+        assert dropped == ["aten::copy_"] * 3, dropped  # both operands up, the product down
+        assert all("_matmul" in why for why in reasons if why)
+        kept = [k for k, why in zip(kernels, reasons) if not why]
+        # grad (fp32: the positional table promoted it) to bf16, grad_W's GEMM and layout copy, the bias sum and
+        # its cast: what a GPU runs too
+        assert [k["name"] for k in kept] == ["aten::copy_", "aten::mm", "aten::copy_", "aten::sum", "aten::copy_"]
+        (mm,) = [k for k in kept if k["name"] == "aten::mm"]
+        assert sr.gpu_gemm_bytes("masked_patch_embed", backend, mm)["read"] == mm["read"] // 2
+    # The forward's addmm runs fp32 on CPU for the cuda path only; other GEMMs are left alone.
+    addmm = dict(kind="aten", name="aten::addmm", read=100, written=40, flops=0, within="/mae_kernels::x")
+    assert sr.gpu_gemm_bytes("masked_patch_embed", "cuda", addmm)["read"] == 50
+    assert sr.gpu_gemm_bytes("masked_patch_embed", "triton", addmm)["read"] == 100
+    assert sr.gpu_gemm_bytes("masked_patch_embed", "cuda", dict(addmm, name="aten::mm"))["read"] == 100

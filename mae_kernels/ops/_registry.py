@@ -43,10 +43,25 @@ def compiled_op(name):
 
 
 def register(ops, fake, backward=None, setup_context=None):
-    """Register the same fake kernel (and autograd) for each op in `ops` (None entries are skipped)."""
+    """Register the same fake kernel (and autograd) for each op in `ops` (None entries are skipped).
+
+    Autograd does not materialise gradients (ctx.set_materialize_grads(False)): the gradient of an output nobody
+    differentiates (random_masking's mask and index outputs, the loss op's stored grad_pred) reaches `backward`
+    as None instead of a zero-filled tensor of the output's size, one launch (and for grad_pred 77 MB of
+    writes) per step for nothing. Every backward therefore takes None for any of its output gradients."""
+    if backward is not None:
+        setup_context = _without_materialized_grads(setup_context)
     for op in ops:
         if op is None:
             continue
         torch.library.register_fake(op, fake, lib=LIB)
         if backward is not None:
             torch.library.register_autograd(op, backward, setup_context=setup_context, lib=LIB)
+
+
+def _without_materialized_grads(setup_context):
+    def setup(ctx, inputs, output, **keyword_only_inputs):
+        ctx.set_materialize_grads(False)
+        if setup_context is not None:
+            setup_context(ctx=ctx, inputs=inputs, output=output, **keyword_only_inputs)
+    return setup

@@ -66,6 +66,8 @@ def _make_backward(unshuffle_backward):
         need_x, need_mask, _, _, need_pos = ctx.needs_input_grad[:5]
         c = int(ctx.has_cls)
         grad_x = grad_mask = grad_pos = None
+        if grad_out is None:  # not materialised (_registry.register): no gradient reached the output
+            return grad_x, grad_mask, None, None, grad_pos, None, None
         if need_x or need_mask:
             N, R, _ = grad_out.shape
             identity = torch.arange(R - c, device=grad_out.device).expand(N, R - c)  # row j reads row j

@@ -90,6 +90,10 @@ def _make_backward(backward_op):
     def backward(ctx, grad_loss, _grad_grad_pred):
         pred, imgs, mask, ids_rows, target_frames, pixel_norm, stored = ctx.saved_tensors
         per_channel, per_token = ctx.options
+        # grad_pred is non-differentiable and gradients are not materialised (_registry.register): its gradient
+        # is None (no zero fill of pred's size), and so is the loss's when the loss reached nothing.
+        if grad_loss is None:
+            return (None,) * 12
         need_pred, need_imgs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_pred = grad_imgs = None
         if need_pred and ctx.stored_grad:

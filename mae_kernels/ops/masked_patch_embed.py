@@ -82,11 +82,17 @@ def _setup_context(ctx, inputs, output):
     ctx.weight_shape = weight.shape
 
 
+CPU_FP32_GEMM = "mae_kernels::cpu_fp32_gemm"  # the profiler range of _matmul's CPU-only branch
+
+
 def _matmul(a, b):
     """a @ b; bf16/fp16 on CPU as an fp32 GEMM rounded once (as the forward, csrc/masked_patch_embed_gemm.h):
     ATen's reduced-precision CPU GEMMs depend on the CPU's ISA, non-finite results included."""
     if a.is_cpu and a.dtype in (torch.bfloat16, torch.float16):
-        return (a.float() @ b.float()).to(a.dtype)
+        # Named for python/static_report.py: these casts (and the fp32 GEMM) are the CPU's; a GPU runs one
+        # reduced-precision GEMM here.
+        with torch.profiler.record_function(CPU_FP32_GEMM):
+            return (a.float() @ b.float()).to(a.dtype)
     return a @ b
 
 
@@ -98,6 +104,8 @@ def _weight_matrix(weight):
 
 def _make_backward(patchify_ops):
     def backward(ctx, grad_out):
+        if grad_out is None:  # not materialised (_registry.register): no gradient reached the tokens
+            return (None,) * 6
         imgs, ids_keep, weight = ctx.saved_tensors
         D, C = ctx.weight_shape[:2]
         u, ph, pw = ctx.patch_size

@@ -88,18 +88,27 @@ def _register(ops):
         ctx.patch_size = inputs[-2]
         ctx.save_for_backward(inputs[1] if len(inputs) == 4 else None)
 
+    # Gradients are not materialised (_registry.register): a None grad (nothing reached the output) gives None.
     def patchify_backward(ctx, grad):
+        if grad is None:
+            return None, None
         return ops["unpatchify"](grad.contiguous(), ctx.patch_size, ctx.image_size), None
 
     def unpatchify_backward(ctx, grad):
+        if grad is None:
+            return None, None, None
         return ops["patchify"](grad, ctx.patch_size), None, None
 
     def masked_patchify_backward(ctx, grad):
+        if grad is None:
+            return None, None, None
         (ids_keep,) = ctx.saved_tensors
         return (ops["masked_patchify_backward"](grad.contiguous(), ids_keep, ctx.patch_size, ctx.image_size),
                 None, None)
 
     def masked_patchify_double_backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None
         (ids_keep,) = ctx.saved_tensors
         return ops["masked_patchify"](grad, ids_keep, ctx.patch_size), None, None, None
 

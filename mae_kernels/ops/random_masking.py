@@ -49,14 +49,17 @@ def _fake(x, noise, len_keep, seed, offset):
 
 def _setup_context(ctx, inputs, output):
     ctx.L = inputs[0].shape[1]
+    ctx.mark_non_differentiable(output[1])  # the float mask is a function of the noise only, as the reference's
     ctx.save_for_backward(output[3])
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_x_masked, _mask, _ids_restore, _ids_keep):
+        # Gradients are not materialised (_registry.register): None when only mask got one, for instance; the
+        # mask and the indices carry no gradient to x.
         (ids_keep,) = ctx.saved_tensors
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and grad_x_masked is not None:
             grad_x = backward_op(grad_x_masked.contiguous(), ids_keep, ctx.L)
         return grad_x, None, None, None, None
     return backward

@@ -65,7 +65,7 @@ def _make_backward(backward_op):
     def backward(ctx, grad_out):
         (ids_restore,) = ctx.saved_tensors
         need_x, need_mask, _, need_pos = ctx.needs_input_grad[:4]
-        if not (need_x or need_mask or need_pos):
+        if grad_out is None or not (need_x or need_mask or need_pos):  # None: not materialised (_registry)
             return None, None, None, None, None, None
         grad_x, grad_mask, grad_pos = backward_op(grad_out.contiguous(), ids_restore, ctx.K, ctx.has_cls,
                                                   ctx.x_dtype, bool(need_pos))
