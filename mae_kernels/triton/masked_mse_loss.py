@@ -25,7 +25,8 @@ def _masked_mse_rows_kernel(
     pred_ptr,       # [N, R, P] pred dtype, strides (s_pn, s_pr, 1): the model's x[:, 1:, :] view, read in place
     imgs_ptr,       # [N, C, T, H, W] any float dtype, strides (s_n, s_c, s_t, s_h, s_w); images: T = 1, s_t = 0
     mask_ptr,       # [N, L] float32, contiguous (each token's loss weight)
-    ids_ptr,        # [N, R] int64 token of each pred row, strides (s_in, s_ir) (HAS_IDS), else a dummy (row j is token j)
+    ids_ptr,        # [N, R] int64 token of each pred row, strides (s_in, s_ir) (HAS_IDS), else a dummy (row j:
+                    # token j)
     scale_ptr,      # [1] float32: gradient multiplier 2 * grad_loss / (P * mask.sum()) (0 when the sum is 0), or a
                     # dummy with TOKEN_SCALE (then token_scale = 2 / P, an argument: no fill kernel)
     partial_ptr,    # [N * R] float32 out (WRITE_PARTIAL), or [N, L] float32 per-token losses partial / P (PER_TOKEN)
@@ -165,7 +166,7 @@ def _masked_mse_total_kernel(partial_ptr, rows, scale_ptr, mask_ptr, count, P, l
         scale = tl.load(scale_ptr)
     else:
         scale = _scale_of(mask_ptr, count, P, scale_ptr, False, BLOCK)
-    tl.store(loss_ptr, tl.sum(acc, axis=0) * (scale / 2))
+    tl.store(loss_ptr, tl.sum(acc, axis=0) * (scale * 0.5))  # exact, as / 2 (which Triton lowers to div.full)
 
 
 _SUM_BLOCK = 1024  # elements per step of the one-program sums (N * L masks, N * R partials)
@@ -216,7 +217,8 @@ def _launch(pred, imgs, mask, ids_rows, patch_size, norm_pix_loss, eps, scale, p
         s_n, s_c, s_t, imgs.stride(-2), imgs.stride(-1), pred.stride(0), pred.stride(1), s_in, s_ir, eps, 2.0 / P,
         ph=ph, pw=pw, UT=ut, C=C, HAS_IDS=ids_rows is not None, NORM=norm_pix_loss, PER_CHANNEL=per_channel,
         HAS_FRAMES=frames is not None, HAS_PIXEL_NORM=pixel_norm is not None, WRITE_PARTIAL=partial is not None,
-        PER_TOKEN=per_token_out, TOKEN_SCALE=scale is None, WRITE_GRAD_PRED=grad_pred is not None, WRITE_GRAD_IMGS=grad_imgs is not None,
+        PER_TOKEN=per_token_out, TOKEN_SCALE=scale is None, WRITE_GRAD_PRED=grad_pred is not None,
+        WRITE_GRAD_IMGS=grad_imgs is not None,
         BLOCK=block, num_warps=max(1, min(16, block // 256)),
     )
 
