@@ -14,6 +14,11 @@ t = (x - mean_c) / (sqrt(var_c) + eps) over the UT * ph * pw pixels of channel c
 Statistics in fp32: mean of the values shifted by the first pixel, then the centred squares (two-pass variance),
 all from registers. Divisions are IEEE round-to-nearest (div_rn: Triton's `/` is approximate on GPUs).
 ph, pw, UT and C are compile-time constants, so the per-element index math divides by constants (multiplications).
+pred [N, R, P] and the ids rows are read by their row strides (the model's x[:, 1:, :] view and the removed-only
+slice of ids_shuffle are not copied). A forward is three launches, as the CUDA backend's: a one-program kernel for
+the gradient scale (mask.sum() in a fixed order), the rows, a one-program kernel for the total (fixed order); two
+without a gradient to write (the total kernel sums the mask itself); per-token losses are written by the rows
+kernel straight into [N, L] (after a zero fill when the rows cover only some tokens).
 """
 import torch
 import triton
