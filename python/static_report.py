@@ -646,7 +646,7 @@ def _cuda_grid(short, threads):
             "unshuffle_forward_kernel": N * _R,
             "unshuffle_backward_rows_kernel": _R * -(-D_DEC // threads) * _CHUNKS,
             "unshuffle_backward_chunks_kernel": -(-_R * D_DEC // 256),
-            "unshuffle_backward_mask_sum_kernel": -(-D_DEC // 256),
+            "unshuffle_backward_mask_sum_kernel": -(-D_DEC // 32),  # cuda::kMaskSumThreads per block
             "masked_mse_rows_kernel": N * L, "masked_mse_total_kernel": 1, "masked_mse_scale_kernel": 1,
             }.get(short, 1)
 

@@ -129,6 +129,56 @@ def test_cuda_sources_pass_the_cpu_backend_tests(tmp_path):
     run_emulated_suite("forward", False, _WHOLE_SUITE, tmp_path)
 
 
+_LAUNCH_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cuda_emulation import build
+build.load()
+import torch
+import mae_kernels
+torch.manual_seed(0)
+# unshuffle_with_mask_tokens backward at the decoder's D = 512
+x = torch.randn(2, 1 + 1, 512, requires_grad=True)
+mt = torch.randn(1, 1, 512, requires_grad=True)
+out = mae_kernels.unshuffle_with_mask_tokens(x, mt, torch.argsort(torch.rand(2, 4), dim=1))
+torch.autograd.grad(out, (x, mt), torch.randn_like(out))
+# one masked_mse_loss forward with a gradient to store, MAE's layout (pred of the removed patches, a view)
+imgs = torch.randn(2, 3, 8, 8)
+ids = torch.argsort(torch.rand(2, 4), dim=1)
+mask = torch.zeros(2, 4).scatter_(1, ids[:, 1:], 1.0)
+pred = torch.randn(2, 4, 48, requires_grad=True)
+mae_kernels.masked_mse_loss(pred[:, 1:, :], imgs, mask, 4, ids_shuffle=ids)
+"""
+
+
+def _emulator_table(path):
+    """{kernel name without parameters: value} of an emulator stats file ("value<TAB>kernel" lines)."""
+    table = {}
+    for line in path.read_text().splitlines():
+        value, name = line.split("\t", 1)
+        key = name.split("(")[0].replace("void ", "").split("<")[0].split("::")[-1]
+        table[key] = table.get(key, 0) + int(value)
+    return table
+
+
+def test_emulated_launch_counts_and_grids(tmp_path):
+    """Issue 13: the CUDA launchers' parallelism and launch counts, read from the emulator (the library the
+    emulated suites build; after test_cuda_sources_pass_the_cpu_backend_tests in this file, only a load): the
+    unshuffle backward's mask-token sum runs on D / 32 blocks (16 at D = 512; 256-thread blocks gave 2), and a
+    masked_mse_loss forward is 3 kernels (scale, rows, total), one launch each."""
+    stats, grids = tmp_path / "stats.tsv", tmp_path / "grids.tsv"
+    env = dict(os.environ, MAE_KERNELS_CUDA_EMULATION="1", MAE_KERNELS_EMU_STATS=str(stats),
+               MAE_KERNELS_EMU_GRIDS=str(grids))
+    env.pop("MAE_KERNELS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH_SCRIPT, str(TESTS)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    counts, blocks = _emulator_table(stats), _emulator_table(grids)
+    assert blocks.get("unshuffle_backward_mask_sum_kernel") == 16, blocks
+    mse = {k: v for k, v in counts.items() if k.startswith("masked_mse")}
+    assert mse == {"masked_mse_scale_kernel": 1, "masked_mse_rows_kernel": 1, "masked_mse_total_kernel": 1}, counts
+
+
 def run_emulated_suite(order, asan, suites, tmp_path):
     """pytest on `suites` against the emulated CUDA kernels (thread order `order`, AddressSanitizer when asan): every
     test passes and every __global__ kernel of csrc/cuda/kernels is launched."""

@@ -26,7 +26,7 @@ THREADS = {
     "scatter_bands_vec_kernel": 256,         # masked_patchify.cu kThreads (the one-pass masked scatter)
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
-    "unshuffle_backward_mask_sum_kernel": 256,
+    "unshuffle_backward_mask_sum_kernel": 32,  # cuda::kMaskSumThreads (also its __launch_bounds__)
     "append_mask_tokens_kernel": 256,        # append_mask_tokens.cu kThreads
     "masked_mse_rows_kernel": 256,           # masked_mse_loss.cu kThreads (also its __launch_bounds__)
     "mask_to_indices_kernel": 256,           # cuda::kMaskToIndicesThreads (also its __launch_bounds__)

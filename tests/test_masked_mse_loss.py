@@ -520,3 +520,58 @@ def test_gpu_opcheck_and_compile():
             loss.backward()
         assert_close("loss", loss.detach(), want[0], fp32_tol(want[0]))
         assert_close("grad pred", pr.grad, want[1], fp32_tol(want[1]))
+
+
+def _launches(monkeypatch, fn):
+    """[(kind, kernel, enclosing ops)] that fn launches, counted as python/static_report.py counts them: the
+    interpreted Triton launches and the ATen kernels (views and allocations launch nothing)."""
+    import os
+    import sys
+
+    from torch.profiler import ProfilerActivity, profile
+    from triton.runtime import interpreter
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from python import static_report as sr
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", interpreter.InterpretedFunction.run)  # restored after
+    sr._hook_triton_launches()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    kernels, _ = sr.kernels_of(sr._tree(prof.profiler.kineto_results.events()))
+    return [(kind, name, within) for kind, name, _, _, _, within in kernels]
+
+
+def test_triton_forward_launches(monkeypatch):
+    """Issue 13 (5): a Triton forward is the scale, the rows and the total (3 launches; 2 without a gradient to
+    write; per token the rows, after a zero fill when ids leave tokens out), and the model's pred view
+    x[:, 1:, :] and the removed-only slice of ids_shuffle are read in place: no copy anywhere in the call."""
+    C, H, W, p = SHAPES[3]
+    pred, imgs, mask = make_inputs(C, H, W, p, N=2)
+    N, L, P = pred.shape
+    ids_shuffle = torch.argsort(torch.rand(N, L), dim=1)
+    K = L // 4
+    mask = torch.zeros_like(mask).scatter_(1, ids_shuffle[:, K:], 1.0)
+    x = torch.cat([torch.zeros_like(pred[:, :1]), pred[:, K:]], dim=1)
+    op = "mae_kernels::masked_mse_loss_triton"
+    cases = [
+        (dict(grad=True), ["_masked_mse_scale_kernel", "_masked_mse_rows_kernel", "_masked_mse_total_kernel"]),
+        (dict(grad=False), ["_masked_mse_rows_kernel", "_masked_mse_total_kernel"]),
+        (dict(grad=True, reduction="none"), ["aten::zero_", "_masked_mse_rows_kernel"]),
+        (dict(grad=True, ids=False), ["_masked_mse_scale_kernel", "_masked_mse_rows_kernel",
+                                      "_masked_mse_total_kernel"]),
+        (dict(grad=True, ids=False, reduction="none"), ["_masked_mse_rows_kernel"]),
+    ]
+    for kw, want in cases:
+        with_ids = kw.get("ids", True)
+        xv = (x if with_ids else torch.cat([x[:, :1], pred], dim=1)).clone().requires_grad_(kw["grad"])
+        m = mask if with_ids else torch.ones_like(mask)
+
+        def call():
+            with mae_kernels.use_backend("triton"):
+                mae_kernels.masked_mse_loss(xv[:, 1:, :], imgs, m, p, ids_shuffle=ids_shuffle if with_ids else None,
+                                            reduction=kw.get("reduction", "mean"))
+        launched = _launches(monkeypatch, call)
+        inside = [name for _, name, within in launched if op in within]
+        assert inside == want, f"{kw}: the op launched {inside}, want {want}"
+        copies = [name for _, name, _ in launched if name in ("aten::copy_", "aten::clone", "aten::contiguous")]
+        assert not copies, f"{kw}: pred or ids were copied ({copies}): the kernel reads them by strides"

@@ -382,3 +382,37 @@ def test_gpu_cuda_backend_is_the_default():
     assert mae_kernels.backends.select("unshuffle_with_mask_tokens", "cuda") == "cuda"
     with pytest.raises(ValueError, match="ids_restore must be on cuda"):
         mae_kernels.unshuffle_with_mask_tokens(x, mt, ids.cpu())
+
+
+def test_triton_backward_sums_are_column_parallel(monkeypatch):
+    """Issue 13: the Triton backward is the rows kernel and one column-parallel sum per gradient (no zero fill).
+    The GPU tiling (64 columns per program: 8 programs at the decoder's D = 512, where one program did all) gives
+    the interpreter's one-program sums bit for bit: every column is summed alone, in the same fixed order."""
+    from triton.runtime import interpreter
+
+    from mae_kernels.triton import unshuffle_with_mask_tokens as tri
+    grids = []
+    run = interpreter.InterpretedFunction.run
+
+    def recorded(self, *args, grid, **kwargs):
+        grids.append((self.fn.__name__, tuple(grid)))
+        return run(self, *args, grid=grid, **kwargs)
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recorded)
+    partial = torch.randn(70, 512) * torch.logspace(-3, 3, 70)[:, None]  # 70 terms: 3 chunks, the last partial
+    out_gpu, out_one = torch.empty(512), torch.empty(512)
+    tri._sum_partials(partial, out_gpu, cap=64)
+    tri._sum_partials(partial, out_one, cap=1024)
+    assert grids == [("_sum_partials_kernel", (8,)), ("_sum_partials_kernel", (1,))], grids
+    assert torch.equal(out_gpu, out_one), "the column tiling changed the sums"
+    want = sum((partial[b0:b0 + 32].double().sum(0) for b0 in range(0, 70, 32)), torch.zeros(512, dtype=torch.float64))
+    torch.testing.assert_close(out_gpu.double(), want, rtol=1e-5, atol=1e-3)
+
+    x, mt, ids, pos = make_inputs(3, 6, 2, 40, torch.float32, True, "grad")
+    with use_backend("triton"):
+        out = mae_kernels.unshuffle_with_mask_tokens(x, mt, ids, pos)
+        grids.clear()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            torch.autograd.grad(out, (mt, pos), torch.randn_like(out))
+    assert [name for name, _ in grids] == ["_backward_rows_kernel", "_sum_partials_kernel", "_sum_partials_kernel"]
+    fills = [e.name for e in prof.events() if e.name in ("aten::zero_", "aten::fill_", "aten::zeros")]
+    assert not fills, f"the backward launched zero fills: {fills}"

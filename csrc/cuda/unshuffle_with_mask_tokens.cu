@@ -84,9 +84,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backwa
       chunk_pos.const_data_ptr<float>(), chunk_mask.const_data_ptr<float>(), chunks, R, D,
       pos_grad ? b.grad_pos.data_ptr<float>() : nullptr, partial.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  cuda::unshuffle_backward_mask_sum_kernel<<<static_cast<unsigned>((D + kThreads - 1) / kThreads), kThreads, 0,
-                                             stream>>>(partial.const_data_ptr<float>(), R, D,
-                                                       b.grad_mask.data_ptr<float>());
+  constexpr int kSumThreads = cuda::kMaskSumThreads;
+  cuda::unshuffle_backward_mask_sum_kernel<<<static_cast<unsigned>((D + kSumThreads - 1) / kSumThreads), kSumThreads,
+                                             0, stream>>>(partial.const_data_ptr<float>(), R, D,
+                                                          b.grad_mask.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {b.grad_x, b.grad_mask, b.grad_pos};
 }

@@ -233,7 +233,7 @@ def _validate(pred, imgs, mask, patch_size, norm_pix_loss, eps, ids_shuffle, per
     check_tensor("ids_shuffle", ids_shuffle, ndim=2, dtypes=(torch.int64,), device=imgs.device, shape=(N, L))
     if pred.shape[1] > L:
         raise ValueError(f"pred must have at most L={L} rows with ids_shuffle, got {pred.shape[1]}")
-    ids_rows = ids_shuffle[:, L - pred.shape[1]:]  # a view: the compiled kernels read it by strides
+    ids_rows = ids_shuffle[:, L - pred.shape[1]:]  # a view: every backend reads it by strides
     check_index_range("ids_shuffle", ids_rows, L)  # the rows the kernels read; the rest only in debug mode
     check_permutation_rows("ids_shuffle", ids_shuffle)  # MAE_KERNELS_DEBUG=1 only
     check_mask_zero_on_kept(mask, ids_shuffle, L - pred.shape[1])  # MAE_KERNELS_DEBUG=1 only
@@ -307,9 +307,6 @@ def masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, eps=1e-6, 
     per_token = reduction == "none" or grad_weight
     with_grad = torch.is_grad_enabled() and pred.requires_grad
     frames = target_frames.contiguous() if target_frames is not None else None
-    if backend == "triton":  # its kernels read contiguous pred and ids rows; the compiled ones take row strides
-        pred = pred.contiguous()
-        ids_rows = ids_rows.contiguous() if ids_rows is not None else None
     loss, _ = OPS[backend](pred, imgs, mask, ids_rows, list(dims), norm_pix_loss, float(eps), with_grad,
                            frames, pixel_norm, per_channel, per_token)
     if not grad_weight:

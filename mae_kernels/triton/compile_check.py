@@ -294,6 +294,12 @@ def scenarios():
                         out.append((f"masked_mse_loss forward {dtype} P={P} rows={rows} norm={norm} grad={with_grad}",
                                     lambda args=args, p=p, norm=norm, with_grad=with_grad:
                                     mse.masked_mse_loss_forward(*args(), p, norm, 1e-6, with_grad)))
+                    if rows != L and norm and p == 16:  # MAE's layout: pred x[:, 1:, :] and ids rows, views
+                        view = lambda dtype=dtype, rows=rows, P=P, L=L: (
+                            _m(256, rows + 1, P, dtype=dtype)[:, 1:], _m(256, 3, 224, 224, dtype=dtype), _m(256, L),
+                            _m(256, L, dtype=torch.int64)[:, L - rows:])
+                        out.append((f"masked_mse_loss forward {dtype} P={P} rows={rows} strided pred and ids",
+                                    lambda view=view, p=p: mse.masked_mse_loss_forward(*view(), p, True, 1e-6, True)))
                     for need_pred, need_imgs in ((True, False), (False, True), (True, True)):
                         out.append((f"masked_mse_loss backward {dtype} P={P} rows={rows} norm={norm} "
                                     f"pred={need_pred} imgs={need_imgs}",

@@ -448,24 +448,30 @@ inline void run_block(Block& b, const std::function<void()>& body, Order ord, st
 }
 
 // Launches per kernel, written at exit to the file MAE_KERNELS_EMU_STATS names ("count<TAB>kernel" lines), so
-// that a test can check the emulated kernels really ran.
+// that a test can check the emulated kernels really ran; and the largest grid (blocks) of each kernel's launches to
+// the file MAE_KERNELS_EMU_GRIDS names ("blocks<TAB>kernel"), so that a test can check a launcher's parallelism.
 struct LaunchStats {
-  std::map<const void*, int64_t> counts;
-  ~LaunchStats() {
-    const char* path = std::getenv("MAE_KERNELS_EMU_STATS");
-    if (path == nullptr || counts.empty()) return;
-    std::ofstream out(path, std::ios::app);
-    for (const auto& [kernel, count] : counts) {
-      Dl_info info{};
-      std::string name = "?";
-      if (dladdr(kernel, &info) != 0 && info.dli_sname != nullptr) {
-        int status = 0;
-        char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-        name = status == 0 ? demangled : info.dli_sname;
-        std::free(demangled);
-      }
-      out << count << "\t" << name << "\n";
+  std::map<const void*, int64_t> counts, max_blocks;
+  static std::string name_of(const void* kernel) {
+    Dl_info info{};
+    std::string name = "?";
+    if (dladdr(kernel, &info) != 0 && info.dli_sname != nullptr) {
+      int status = 0;
+      char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+      name = status == 0 ? demangled : info.dli_sname;
+      std::free(demangled);
     }
+    return name;
+  }
+  static void write(const char* variable, const std::map<const void*, int64_t>& values) {
+    const char* path = std::getenv(variable);
+    if (path == nullptr || values.empty()) return;
+    std::ofstream out(path, std::ios::app);
+    for (const auto& [kernel, value] : values) out << value << "\t" << name_of(kernel) << "\n";
+  }
+  ~LaunchStats() {
+    write("MAE_KERNELS_EMU_STATS", counts);
+    write("MAE_KERNELS_EMU_GRIDS", max_blocks);
   }
 };
 inline LaunchStats launch_stats;
@@ -474,6 +480,8 @@ template <typename... P, typename... A>
 void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
   ++launch_stats.counts[reinterpret_cast<const void*>(kernel)];
   const dim3 g = cfg.grid, t = cfg.threads;
+  int64_t& most = launch_stats.max_blocks[reinterpret_cast<const void*>(kernel)];
+  most = std::max<int64_t>(most, int64_t(g.x) * g.y * g.z);
   const int64_t threads = int64_t(t.x) * t.y * t.z;
   if (int64_t(g.x) * g.y * g.z == 0 || threads == 0) fail("invalid configuration: an empty grid or block");
   if (threads > 1024 || t.x > 1024 || t.y > 1024 || t.z > 64) fail("invalid configuration: block too large");
