@@ -155,6 +155,34 @@ def test_autocast_rounds_in_the_gather(backend, imgs_dtype, autocast):
         assert results[1][1].dtype == imgs_dtype
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_autocast_reads_imgs_in_place(backend):
+    """Under autocast no aten op takes the whole image (no full-size cast of it, forward or backward; the kept
+    pixels are rounded by the gather), and the weight gradient is the cast-first call's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ImageOps(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.seen = shape, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "aten" and any(isinstance(a, torch.Tensor) and a.shape == self.shape for a in args):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    imgs, weight, bias, pos = make_inputs(2, 3, 16, 24, 24, 8, torch.float32, "cpu")
+    ids = random_ids(2, 6, 3, "cpu")
+    weight.requires_grad_()
+    with mae_kernels.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        with ImageOps(imgs.shape) as mode:
+            out = mae_kernels.masked_patch_embed(imgs, ids, weight, bias, pos)
+            (grad,) = torch.autograd.grad(out.sum(), weight)
+        want = mae_kernels.masked_patch_embed(imgs.bfloat16(), ids, weight, bias, pos)
+    assert not mode.seen, f"aten ops on the whole image under autocast: {mode.seen}"
+    assert torch.equal(grad, torch.autograd.grad(want.sum(), weight)[0])
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_compile_fullgraph_autocast(backend):
     """torch.compile of the autocast call (fp32 imgs, GEMM in bf16): forward and gradients as eager's."""
