@@ -293,8 +293,9 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None, patch_size=
     [L, D] sum. The cls token (and mae_st's pos_embed_class) is the model's to add, as in the references.
 
     Output dtype: imgs' (the autocast dtype under autocast) promoted with the positional tables', as the
-    reference's conv + pos add. Under autocast imgs keep their dtype (the kept pixels are rounded to the autocast
-    dtype as they are read) and their gradient comes back in it. Differentiable with respect to imgs, weight, bias and the positional tables."""
+    reference's conv + pos add. Under autocast imgs are not cast as a whole: the kept pixels are rounded to the
+    autocast dtype as they are read (the same values), and imgs' gradient comes back in imgs' dtype.
+    Differentiable with respect to imgs, weight, bias and the positional tables."""
     imgs, weight, bias, pos, pos_t, _ = _prepare(imgs, ids_keep, weight, bias, pos_embed, patch_size)
     return _run(imgs, ids_keep, weight, bias, pos, pos_t)
 
