@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "patch_layout.h"
 
@@ -83,8 +84,12 @@ at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, at
       dispatch_float(out_type, [&](auto o) {
         using in_t = decltype(in);
         using out_t = decltype(o);
-        if (out.numel() != 0) {
-          copy(static_cast<const in_t*>(imgs.const_data_ptr()), id_ptr, lay, N, K, static_cast<out_t*>(out.data_ptr()));
+        // Equal types take the word copy below (no typed instances of the copy kernels for them).
+        if constexpr (!std::is_same_v<in_t, out_t>) {
+          if (out.numel() != 0) {
+            copy(static_cast<const in_t*>(imgs.const_data_ptr()), id_ptr, lay, N, K,
+                 static_cast<out_t*>(out.data_ptr()));
+          }
         }
       });
     });
