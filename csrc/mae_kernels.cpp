@@ -24,9 +24,11 @@ TORCH_LIBRARY(mae_kernels, m) {
   // patchify family: gathers / scatters between images [N, C, H, W] or videos [N, C, T, H, W] (any strides) and
   // patch vectors [N, K, u*ph*pw*C] in (frame, p_row, p_col, c) order; patch_size = [u, ph, pw] (u = 1 for
   // images), image_size = [H, W] or [T, H, W]; masked_* take the K kept patch indices ids_keep [N, K] int64.
+  // masked_patchify's dtype (None: imgs') rounds each read pixel to it (fp32 / fp16 / bf16, round to nearest
+  // even): masked_patch_embed's autocast gather reads fp32 pixels and writes GEMM-dtype patches in one pass.
   m.def("patchify(Tensor imgs, int[] patch_size) -> Tensor");
   m.def("unpatchify(Tensor x, int[] patch_size, int[] image_size) -> Tensor");
-  m.def("masked_patchify(Tensor imgs, Tensor ids_keep, int[] patch_size) -> Tensor");
+  m.def("masked_patchify(Tensor imgs, Tensor ids_keep, int[] patch_size, ScalarType? dtype=None) -> Tensor");
   m.def("masked_patchify_backward(Tensor grad, Tensor ids_keep, int[] patch_size, int[] image_size) -> Tensor");
   // masked patch embedding: Conv2d (weight [D, C, ph, pw]) or Conv3d (weight [D, C, u, ph, pw]) patch embedding
   // of the kept patches only, + positional rows when given -> [N, K, D]: pos_temporal None: pos_embed [1, R, D]

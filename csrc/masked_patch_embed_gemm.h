@@ -6,7 +6,10 @@
 // or the separable pair pos_embed = spatial [1, hw, D] and pos_temporal [1, t, D]: spatial[l % hw] +
 // temporal[l / hw], read per kept token by one epilogue kernel of the backend over the GEMM output (neither the
 // gathered rows nor the [L, D] sum are formed), in place when the output dtype is the GEMM's.
-// Output dtype: imgs' dtype promoted with the positional tables' (as the reference's add).
+// GEMM dtype: weight's. imgs may have another floating dtype (autocast's fp32 images with a bf16 weight): the gather
+// then rounds each kept pixel to the GEMM dtype as it reads it, the same values as imgs.to(dtype) first, without
+// converting the removed patches' pixels. Output dtype: the GEMM dtype promoted with the positional tables' (as the
+// reference's add).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -20,7 +23,7 @@ namespace mae_kernels {
 // in fp32, the pair's sum rounded to the tables' dtype, the result rounded once to out's (eager's order and
 // promotion, so results are bit-identical to `out + rows`). All [rows, D] / [R, D] tensors contiguous.
 struct PosEpilogue {
-  at::Tensor gemm;      // [N * K, D], imgs' dtype
+  at::Tensor gemm;      // [N * K, D], the GEMM's (weight's) dtype
   at::Tensor ids;       // [N * K] int64
   at::Tensor table;     // pos_embed [R, D], or the spatial [hw, D] of the separable pair
   at::Tensor temporal;  // undefined, or the pair's temporal [t, D] in table's dtype
@@ -50,7 +53,8 @@ at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tensor& ids
                                    const std::optional<at::Tensor>& pos_temporal, AddPositions&& add_positions) {
   static auto masked_patchify = c10::Dispatcher::singleton()
                                     .findSchemaOrThrow("mae_kernels::masked_patchify", "")
-                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef)>();
+                                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                                      std::optional<at::ScalarType>)>();
   const bool video = weight.dim() == 5;
   TORCH_CHECK((weight.dim() == 4 || video) && imgs.dim() == weight.dim() && ids_keep.dim() == 2 &&
                   weight.size(0) > 0 && weight.size(-1) > 0 && weight.size(-2) > 0 && (!video || weight.size(2) > 0),
@@ -60,7 +64,7 @@ at::Tensor masked_patch_embed_gemm(const at::Tensor& imgs, const at::Tensor& ids
   const int64_t N = ids_keep.size(0), K = ids_keep.size(1), D = weight.size(0);
   const int64_t u = video ? weight.size(2) : 1, ph = weight.size(-2), pw = weight.size(-1);
   const int64_t P = weight.numel() / D;  // D > 0 checked: an integer division by zero would kill the process
-  const at::Tensor patches = masked_patchify.call(imgs, ids_keep, {u, ph, pw}).view({N * K, P});
+  const at::Tensor patches = masked_patchify.call(imgs, ids_keep, {u, ph, pw}, weight.scalar_type()).view({N * K, P});
   // (c, [frame,] p_row, p_col) -> ([frame,] p_row, p_col, c)
   const at::Tensor w = (video ? weight.permute({0, 2, 3, 4, 1}) : weight.permute({0, 2, 3, 1})).reshape({D, P});
   at::Tensor out;

@@ -3,11 +3,15 @@
 // [N, K, P] patch vectors, P = u*ph*pw*C) or one scatter (the inverse); ids_keep picks the K patches or, when
 // absent, K = L in order. patch_size is [u, ph, pw] (u = 1 for images); image_size is [H, W] or [T, H, W] and
 // decides the output's rank. A backend passes the copy to run, called as copy(src, ids, lay, N, K, dst) with
-// word-typed pointers: elements move as raw words of their size, so every dtype is bit-exact.
+// word-typed pointers: elements move as raw words of their size, so every dtype is bit-exact. A gather into
+// another dtype (masked_patchify's dtype) calls it with typed pointers (float, at::Half, at::BFloat16) instead:
+// each element is then rounded once, as `imgs.to(dtype)` would round it.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
+#include <type_traits>
 
 #include "patch_layout.h"
 
@@ -22,6 +26,18 @@ void dispatch_on_width(const at::Tensor& t, F f) {
     case 4: return f(uint32_t{});
     case 8: return f(uint64_t{});
     default: TORCH_CHECK(false, "mae_kernels: unsupported element size ", t.element_size());
+  }
+}
+
+// Calls f(t{}) with t the C++ type of a floating-point dtype masked_patchify may convert from or to.
+template <typename F>
+void dispatch_float(at::ScalarType type, F f) {
+  switch (type) {
+    case at::kFloat: return f(float{});
+    case at::kHalf: return f(at::Half{});
+    case at::kBFloat16: return f(at::BFloat16{});
+    default: TORCH_CHECK(false, "mae_kernels::masked_patchify: dtype conversion supports float32, float16 and "
+                                "bfloat16, got ", type);
   }
 }
 
@@ -50,20 +66,39 @@ inline int64_t num_patches(const at::Tensor& x, at::IntArrayRef patch_size) {
   return t * (x.size(-2) / patch_size[1]) * (x.size(-1) / patch_size[2]);
 }
 
-// out [N, K, P] contiguous, out[n, k] = patch ids_keep[n, k] (or k) of imgs (any strides).
+// out [N, K, P] contiguous, out[n, k] = patch ids_keep[n, k] (or k) of imgs (any strides), in dtype (None: imgs').
 template <typename Copy>
 at::Tensor gather_patches(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
-                          Copy copy) {
+                          Copy copy, std::optional<at::ScalarType> dtype = std::nullopt) {
   const PatchLayout lay = layout_of(imgs, patch_size);
   const int64_t N = imgs.size(0);
   const at::Tensor ids = ids_keep ? ids_keep->contiguous() : at::Tensor();
   const int64_t K = ids_keep ? ids.size(1) : num_patches(imgs, patch_size);
-  auto out = at::empty({N, K, lay.P()}, imgs.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::ScalarType out_type = dtype.value_or(imgs.scalar_type());
+  auto out = at::empty({N, K, lay.P()},
+                       imgs.options().dtype(out_type).memory_format(at::MemoryFormat::Contiguous));
+  const int64_t* id_ptr = ids_keep ? ids.const_data_ptr<int64_t>() : nullptr;
+  if (out_type != imgs.scalar_type()) {
+    // Checked before the empty return, so that a bad dtype fails at every size.
+    dispatch_float(imgs.scalar_type(), [&](auto in) {
+      dispatch_float(out_type, [&](auto o) {
+        using in_t = decltype(in);
+        using out_t = decltype(o);
+        // Equal types take the word copy below (no typed instances of the copy kernels for them).
+        if constexpr (!std::is_same_v<in_t, out_t>) {
+          if (out.numel() != 0) {
+            copy(static_cast<const in_t*>(imgs.const_data_ptr()), id_ptr, lay, N, K,
+                 static_cast<out_t*>(out.data_ptr()));
+          }
+        }
+      });
+    });
+    return out;
+  }
   if (out.numel() == 0) return out;
   dispatch_on_width(imgs, [&](auto w) {
     using word = decltype(w);
-    copy(static_cast<const word*>(imgs.const_data_ptr()), ids_keep ? ids.const_data_ptr<int64_t>() : nullptr, lay,
-         N, K, static_cast<word*>(out.data_ptr()));
+    copy(static_cast<const word*>(imgs.const_data_ptr()), id_ptr, lay, N, K, static_cast<word*>(out.data_ptr()));
   });
   return out;
 }
@@ -102,17 +137,20 @@ at::Tensor scatter_patches(const at::Tensor& patches_in, const at::Tensor* ids_k
   return img;
 }
 
-// The four registered ops of a backend whose gather(imgs, ids_keep*, patch_size) and scatter(patches, ids_keep*,
+// The four registered ops of a backend whose gather(imgs, ids_keep*, patch_size, dtype) and scatter(patches, ids_keep*,
 // patch_size, image_size) check the inputs, guard the device and call gather_patches / scatter_patches above.
-template <at::Tensor (*gather)(const at::Tensor&, const at::Tensor*, at::IntArrayRef),
+template <at::Tensor (*gather)(const at::Tensor&, const at::Tensor*, at::IntArrayRef, std::optional<at::ScalarType>),
           at::Tensor (*scatter)(const at::Tensor&, const at::Tensor*, at::IntArrayRef, at::IntArrayRef)>
 struct PatchifyOps {
-  static at::Tensor patchify(const at::Tensor& imgs, at::IntArrayRef p) { return gather(imgs, nullptr, p); }
+  static at::Tensor patchify(const at::Tensor& imgs, at::IntArrayRef p) {
+    return gather(imgs, nullptr, p, std::nullopt);
+  }
   static at::Tensor unpatchify(const at::Tensor& x, at::IntArrayRef p, at::IntArrayRef image_size) {
     return scatter(x, nullptr, p, image_size);
   }
-  static at::Tensor masked_patchify(const at::Tensor& imgs, const at::Tensor& ids_keep, at::IntArrayRef p) {
-    return gather(imgs, &ids_keep, p);
+  static at::Tensor masked_patchify(const at::Tensor& imgs, const at::Tensor& ids_keep, at::IntArrayRef p,
+                                    std::optional<at::ScalarType> dtype) {
+    return gather(imgs, &ids_keep, p, dtype);
   }
   static at::Tensor masked_patchify_backward(const at::Tensor& grad, const at::Tensor& ids_keep, at::IntArrayRef p,
                                              at::IntArrayRef image_size) {

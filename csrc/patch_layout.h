@@ -5,10 +5,23 @@
 // Samples are addressed by their int64 element strides; every division is a FastDivmod (no division instruction).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "fast_divmod.h"
 
 namespace mae_kernels {
+
+// One element of a gather into another dtype (masked_patchify's dtype): its value (exact in fp32) rounded once to
+// out_t, to nearest even as ATen's casts (out_t, in_t: float or the backend's fp16 / bf16 types); the same type
+// (raw words) is copied as is.
+template <typename out_t, typename in_t>
+MAE_HOST_DEVICE out_t convert_element(in_t x) {
+  if constexpr (std::is_same_v<in_t, out_t>) {
+    return x;
+  } else {
+    return static_cast<out_t>(static_cast<float>(x));
+  }
+}
 
 struct PatchLayout {
   int64_t C, u, ph, pw;                  // channels, tubelet frames, patch height and width

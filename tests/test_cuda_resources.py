@@ -24,6 +24,7 @@ THREADS = {
     "copy_patches_kernel": 256,              # masked_patchify.cu kThreads
     "copy_patches_vec_kernel": 256,          # masked_patchify.cu kThreads (the 16-byte path)
     "scatter_bands_vec_kernel": 256,         # masked_patchify.cu kThreads (the one-pass masked scatter)
+    "copy_patches_cast_vec_kernel": 256,     # masked_patchify.cu kThreads (fp32 -> fp16 / bf16, 16-byte path)
     "unshuffle_forward_kernel": 256,         # unshuffle_with_mask_tokens.cu threads_for(D) <= kThreads
     "unshuffle_backward_rows_kernel": 256,
     "unshuffle_backward_mask_sum_kernel": 32,  # cuda::kMaskSumThreads (also its __launch_bounds__)
@@ -124,6 +125,7 @@ _INT_DIVISION = re.compile(r"I2F(\.[SU](32|64))?\.RP$")
 _COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_backward_kernel<uint4>",
                      "copy_patches_vec_kernel<",  # every instance of the patchify 16-byte path
                      "scatter_bands_vec_kernel<",  # and of its one-pass masked scatter
+                     "copy_patches_cast_vec_kernel<",  # and of its converting gather
                      "pos_embed_epilogue_kernel<true,")  # masked_patch_embed's 16-byte packs
 
 

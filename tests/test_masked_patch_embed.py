@@ -106,6 +106,104 @@ def test_autocast_cpu_bf16(backend):
           slack=triton_slack(backend, torch.bfloat16))
 
 
+def _rounding_images(shape, dtype, seed):
+    """Pixels whose rounding to fp16 / bf16 the last bits decide (exact ties of both, subnormals), finite."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * 2.0 ** torch.randint(-8, 4, shape, generator=gen)
+    bits = x.view(-1).view(torch.int32)
+    bits[0::5] = (bits[0::5] & ~0xFFFF) | 0x8000  # bf16 ties
+    bits[1::5] = (bits[1::5] & ~0x1FFF) | 0x1000  # fp16 ties
+    x.view(-1)[2::97] = 1e-39
+    return x.to(dtype)
+
+
+AUTOCAST_CASES = [(torch.float32, torch.bfloat16), (torch.float32, torch.float16), (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("imgs_dtype,autocast", AUTOCAST_CASES, ids=[f"{a}-{b}" for a, b in AUTOCAST_CASES])
+def test_autocast_rounds_in_the_gather(backend, imgs_dtype, autocast):
+    """Under autocast imgs are not cast (a full-size copy of which only the kept patches are read): the gather
+    rounds each kept pixel to the GEMM dtype. Output and every gradient (imgs' in imgs' own dtype, as autograd's
+    cast gave it) are those of the cast-first call bit for bit: 3 channels at p = 8 (the CUDA 16-byte converting
+    gather under the emulator), a strided view at p = 2 (the generic one), a video with mae_st's separable pair."""
+    gen = torch.Generator().manual_seed(1)
+    imgs = _rounding_images((2, 3, 16, 24), imgs_dtype, 0)
+    strided = _rounding_images((2, 3, 6, 20), imgs_dtype, 1)[..., ::2]
+    clip = _rounding_images((2, 3, 4, 8, 8), imgs_dtype, 2)
+    cases = [(imgs, torch.randn(24, 3, 8, 8, generator=gen), torch.randn(1, 7, 24, generator=gen), 6, 4),
+             (strided, torch.randn(24, 3, 2, 2, generator=gen), torch.randn(1, 16, 24, generator=gen), 15, 6),
+             (clip, torch.randn(24, 3, 2, 4, 4, generator=gen),
+              (torch.randn(1, 4, 24, generator=gen), torch.randn(1, 2, 24, generator=gen)), 8, 5)]
+    for x, weight, pos, L, K in cases:
+        ids = random_ids(2, L, K, "cpu")
+        bias = torch.randn(24, generator=gen)
+        tables = list(pos) if isinstance(pos, tuple) else [pos]
+        grad_out = torch.randn(2, K, 24, generator=gen)
+        results = []
+        for cast_first in (True, False):
+            leaves = [t.detach().clone().requires_grad_() for t in [x, weight, bias] + tables]
+            with mae_kernels.use_backend(backend), torch.autocast("cpu", dtype=autocast):
+                first = leaves[0].to(autocast) if cast_first else leaves[0]
+                table = tuple(leaves[3:]) if len(tables) == 2 else leaves[3]
+                out = mae_kernels.masked_patch_embed(first, ids, leaves[1], leaves[2], table)
+            results.append((out,) + torch.autograd.grad(out, leaves, grad_out))
+        for name, want, got in zip(("output", "imgs", "weight", "bias", "pos", "pos_t"), *results):
+            assert got.dtype == want.dtype and torch.equal(got, want), (
+                f"{name} (imgs {tuple(x.shape)}): {got.dtype} vs cast-first {want.dtype}, "
+                f"{(got != want).sum().item() if got.shape == want.shape else 'shapes differ'} elements differ")
+        assert results[1][1].dtype == imgs_dtype
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_autocast_reads_imgs_in_place(backend):
+    """Under autocast no aten op takes the whole image (no full-size cast of it, forward or backward; the kept
+    pixels are rounded by the gather), and the weight gradient is the cast-first call's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ImageOps(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.seen = shape, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "aten" and any(isinstance(a, torch.Tensor) and a.shape == self.shape for a in args):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    imgs, weight, bias, pos = make_inputs(2, 3, 16, 24, 24, 8, torch.float32, "cpu")
+    ids = random_ids(2, 6, 3, "cpu")
+    weight.requires_grad_()
+    with mae_kernels.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        with ImageOps(imgs.shape) as mode:
+            out = mae_kernels.masked_patch_embed(imgs, ids, weight, bias, pos)
+            (grad,) = torch.autograd.grad(out.sum(), weight)
+        want = mae_kernels.masked_patch_embed(imgs.bfloat16(), ids, weight, bias, pos)
+    assert not mode.seen, f"aten ops on the whole image under autocast: {mode.seen}"
+    assert torch.equal(grad, torch.autograd.grad(want.sum(), weight)[0])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_compile_fullgraph_autocast(backend):
+    """torch.compile of the autocast call (fp32 imgs, GEMM in bf16): forward and gradients as eager's."""
+    torch._dynamo.reset()
+    imgs, weight, bias, pos = make_inputs(2, 3, 8, 6, 16, 2, torch.float32, "cpu")
+    imgs.requires_grad_()
+    weight.requires_grad_()
+    ids = random_ids(2, 12, 5, "cpu")
+
+    def f(imgs, ids, weight, bias, pos):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return mae_kernels.masked_patch_embed(imgs, ids, weight, bias, pos)
+
+    with mae_kernels.use_backend(backend):
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(imgs, ids, weight, bias, pos)
+        want = f(imgs, ids, weight, bias, pos)
+    assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
+    for g, w in zip(torch.autograd.grad(got.sum(), (imgs, weight)), torch.autograd.grad(want.sum(), (imgs, weight))):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_mixed_pos_dtype(backend):
     check(backend, "cpu", 2, 3, 6, 10, 24, torch.bfloat16, K=5, pos_dtype=torch.float32,
@@ -180,8 +278,10 @@ def sample_inputs(device):
     cl, w13, b13, pos13 = make_inputs(1, 13, 28, 14, 20, 14, torch.float32, device, "channels_last")
     req = [t.requires_grad_() for t in (imgs, weight, bias, pos, cl, w13, b13)]  # noqa: F841
     ids = random_ids(2, 6, 3, device)
+    # fp32 imgs with a bf16 weight: the autocast call (the gather rounds the pixels to the GEMM dtype)
+    w16, b16 = (t.detach().bfloat16().requires_grad_() for t in (weight, bias))
     return [(imgs, ids, weight, bias, pos), (imgs, ids, weight, bias, None), (imgs, ids[:, :0], weight, bias, pos),
-            (cl, random_ids(1, 2, 1, device), w13, b13, pos13)]
+            (cl, random_ids(1, 2, 1, device), w13, b13, pos13), (imgs, ids, w16, b16, pos)]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

@@ -130,6 +130,45 @@ def test_vector_copy_edges(backend, dtype):
     assert_equal(back, imgs, "unpatchify of unaligned patch vectors")
 
 
+def rounding_values(shape, dtype, seed=0):
+    """Values whose rounding to fp16 / bf16 the last bits decide, in `dtype`: many scales, exact ties of both
+    targets (to even and to odd), fp16's and bf16's subnormals, fp16 overflow, +-inf and NaN."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * 2.0 ** torch.randint(-12, 12, shape, generator=gen)
+    bits = x.flatten().view(torch.int32)
+    n = bits.numel()
+    bits[0::7] = (bits[0::7] & ~0xFFFF) | 0x8000  # bf16 ties
+    bits[1::7] = (bits[1::7] & ~0x1FFF) | 0x1000  # fp16 ties
+    special = torch.tensor([1e-39, -3e-8, 6e-6, 65519.0, 65520.0, 7e4, float("inf"), -float("inf"), float("nan")])
+    x.view(-1)[2:n:(n // len(special))][:len(special)] = special[:len(x.view(-1)[2:n:(n // len(special))])]
+    return x.to(dtype)
+
+
+_CONVERSIONS = [(a, b) for a in (torch.float32, torch.float16, torch.bfloat16)
+                for b in (torch.float32, torch.float16, torch.bfloat16) if a != b]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("src,dtype", _CONVERSIONS, ids=[f"{a}-{b}" for a, b in _CONVERSIONS])
+def test_masked_patchify_dtype(backend, src, dtype):
+    """masked_patchify(imgs, ids, p, dtype) == masked_patchify(imgs.to(dtype), ids, p) bit for bit, its gradient
+    (in imgs' dtype) that of the cast-first call: 3 channels at p = 8 (the CUDA 16-byte converting gather for fp32
+    images, under the emulator), a strided view (the generic one), data one element off its alignment, a clip."""
+    imgs = rounding_values((2, 3, 16, 24), src)
+    strided = rounding_values((2, 4, 8, 12), src, seed=1)[:, 1:, :, ::2]
+    clip = rounding_values((2, 1, 4, 8, 8), src, seed=2)
+    cases = [(imgs, 8, 6), (strided, 2, 4), (_offset_by_one(imgs), 8, 6), (clip, (2, 8, 8), 2)]
+    for x, p, L in cases:
+        ids = random_ids(2, L, L - 1, "cpu")
+        leaf, cast_leaf = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        got = run_with(backend, mae_kernels.masked_patchify, leaf, ids, p, dtype)
+        want = run_with(backend, mae_kernels.masked_patchify, cast_leaf.to(dtype), ids, p)
+        assert_equal(got, want, f"masked_patchify to {dtype} (p={p})")
+        grad = rounding_values(got.shape, dtype, seed=3).nan_to_num(posinf=1.0, neginf=-1.0)
+        (g_got,), (g_want,) = torch.autograd.grad(got, leaf, grad), torch.autograd.grad(want, cast_leaf, grad)
+        assert_equal(g_got, g_want, f"gradient of masked_patchify to {dtype} (p={p})")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_patchify_gradients(backend):
     """patchify and unpatchify are each other's backward; the Triton/compiled twins are differentiable twice.
@@ -160,6 +199,9 @@ def sample_inputs(device):
         ("unpatchify", (torch.randn(2, 6, 12, device=device, requires_grad=True), [1, 2, 2], [6, 4])),
         ("masked_patchify", (imgs, ids, [1, 2, 2])), ("masked_patchify", (cl, random_ids(1, 2, 1, device), [1, 14, 14])),
         ("masked_patchify", (imgs, ids[:, :0], [1, 2, 2])),
+        ("masked_patchify", (imgs, ids, [1, 2, 2], torch.bfloat16)),  # a converting gather
+        ("masked_patchify", (cl.detach().half().requires_grad_(), random_ids(1, 2, 1, device), [1, 14, 14],
+                             torch.float32)),
         ("masked_patchify_backward", (patches, ids, [1, 2, 2], [6, 4])),
     ]
 

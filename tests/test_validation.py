@@ -177,6 +177,10 @@ CASES = [
     ("masked_patchify", "imgs", lambda a: meta(a["imgs"]), ValueError, r"ids_keep must be on meta .*got cpu"),
     ("masked_patchify", "imgs", lambda a: a["imgs"][:, :, :7], ValueError, r"imgs: image size 7x6 must be divisible"),
     ("masked_patchify", "patch_size", lambda a: -2, ValueError, r"patch_size must be a positive int, got -2"),
+    ("masked_patchify", "dtype", lambda a: torch.int32, TypeError,
+     r"dtype must be None or one of torch.float32, torch.float16, torch.bfloat16, got torch.int32"),
+    ("masked_patchify", "imgs", lambda a: {"imgs": a["imgs"].double(), "dtype": torch.bfloat16}, TypeError,
+     r"imgs must have dtype torch.float32 or torch.float16 or torch.bfloat16, got torch.float64"),
     # masked_patch_embed
     ("masked_patch_embed", "weight", lambda a: torch.randn(D, C, 2, 3), ValueError,
      r"weight must be a Conv2d patch embedding weight \[D, C, p, p\].*got \(16, 3, 2, 3\)"),

@@ -14,9 +14,10 @@ namespace {
 
 // Copies each patch vector between the image or video (strides in lay) and its row of [N, K, P] (contiguous); ids:
 // [N, K] or nullptr (patch k). kToImage false gathers (src: image, dst: rows); true scatters (src: rows,
-// dst: image), and as patches are disjoint, rows never collide.
-template <bool kToImage, typename word>
-void copy_patches(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
+// dst: image), and as patches are disjoint, rows never collide. in_t == out_t: raw words, copied; else a gather
+// into another dtype (float, at::Half, at::BFloat16), each element rounded once (convert_element).
+template <bool kToImage, typename in_t, typename out_t>
+void copy_patches(const in_t* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, out_t* dst) {
   const int64_t P = lay.P();
   const FastDivmod div_K(K);
   at::parallel_for(0, N * K, 16, [&](int64_t begin, int64_t end) {
@@ -24,8 +25,8 @@ void copy_patches(const word* src, const int64_t* ids, PatchLayout lay, int64_t 
       int64_t k;
       const int64_t n = div_K.divmod(i, &k);
       const int64_t corner = lay.corner(n, ids ? ids[i] : k);  // the tubelet's first pixel, channel 0
-      const word* from = src + (kToImage ? i * P : corner);
-      word* to = dst + (kToImage ? corner : i * P);
+      const in_t* from = src + (kToImage ? i * P : corner);
+      out_t* to = dst + (kToImage ? corner : i * P);
       // Entry ((a * ph + r) * pw + q) * C + c of the patch vector (channel fastest) is pixel (c, a, r, q). The
       // loops walk each pixel row of a channel (pw elements, stride s_w: contiguous in [N, C, (T,) H, W]) rather
       // than the vector's order, whose consecutive entries are a channel stride apart in the image.
@@ -36,15 +37,16 @@ void copy_patches(const word* src, const int64_t* ids, PatchLayout lay, int64_t 
             const int64_t first = (a * lay.ph + r) * lay.pw * lay.C + c;
             for (int64_t q = 0; q < lay.pw; ++q) {
               const int64_t pixel = row + q * lay.s_w, j = first + q * lay.C;
-              to[kToImage ? pixel : j] = from[kToImage ? j : pixel];
+              to[kToImage ? pixel : j] = convert_element<out_t>(from[kToImage ? j : pixel]);
             }
           }
     }
   });
 }
 
-at::Tensor gather_cpu(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size) {
-  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { copy_patches<false>(args...); });
+at::Tensor gather_cpu(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                      std::optional<at::ScalarType> dtype) {
+  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { copy_patches<false>(args...); }, dtype);
 }
 
 at::Tensor scatter_cpu(const at::Tensor& patches, const at::Tensor* ids_keep, at::IntArrayRef patch_size,

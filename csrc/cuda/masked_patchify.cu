@@ -63,32 +63,66 @@ void launch_bands_scatter(const word* src, const int64_t* ids, const PatchLayout
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool kToImage, typename word>
-void launch_copy(const word* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, word* dst) {
+// The element's bits rounded from fp32 (at::Half / at::BFloat16: round to nearest even, as ATen's casts).
+template <typename out_t>
+struct RoundTo {
+  __host__ __device__ __forceinline__ static uint16_t apply(float x) { return out_t(x).x; }
+};
+
+// Whether copy_patches_cast_vec_kernel may gather from the fp32 `image` into the 16-bit `patches`: 16-byte loads
+// of 8-column runs (pixel rows contiguous, pw a multiple of 8, the strides multiples of 4 elements) and 16-byte
+// stores (both base addresses aligned); 1 or 3 channels (its instances).
+bool cast_vector_applies(const PatchLayout& lay, const float* image, const void* patches) {
+  if ((lay.C != 1 && lay.C != 3) || lay.s_w != 1 || lay.pw % 8 != 0) return false;
+  if (lay.s_n % 4 != 0 || lay.s_t % 4 != 0 || lay.s_h % 4 != 0 || (lay.C > 1 && lay.s_c % 4 != 0)) return false;
+  return reinterpret_cast<uintptr_t>(image) % 16 == 0 && reinterpret_cast<uintptr_t>(patches) % 16 == 0;
+}
+
+template <typename out_t, int kC>
+void launch_cast_vector_copy(const float* src, const int64_t* ids, const PatchLayout& lay, int64_t rows, int64_t K,
+                             out_t* dst, int64_t cap) {
+  const int64_t groups = lay.P() / (8 * kC), items = rows * groups;  // an item: 8 columns x kC channels
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, cap));
+  using Round = RoundTo<out_t>;  // (the CUDA emulator's launch rewrite takes no nested template arguments)
+  copy_patches_cast_vec_kernel<kC, Round, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      src, ids, lay, FastDivmod(K), FastDivmod(groups), FastDivmod(lay.pw / 8), items, lay.P(),
+      reinterpret_cast<uint16_t*>(dst));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// in_t == out_t: raw words (a copy); else a gather into another dtype (typed float / at::Half / at::BFloat16).
+template <bool kToImage, typename in_t, typename out_t>
+void launch_copy(const in_t* src, const int64_t* ids, PatchLayout lay, int64_t N, int64_t K, out_t* dst) {
   // Blocks: one per row (16-byte path: per 256 items; masked scatter: per band) up to 8 per SM (a full SM at
   // kThreads = 256), each then walks grid-stride.
   const int64_t rows = N * K;
   const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
-  if constexpr (sizeof(word) == 2 || sizeof(word) == 4) {
+  if constexpr (std::is_same_v<in_t, out_t> && (sizeof(in_t) == 2 || sizeof(in_t) == 4)) {
     if (kToImage && ids && bands_scatter_applies(lay, dst, src)) {
-      if (lay.C == 3) return launch_bands_scatter<word, 3>(src, ids, lay, N, K, dst, cap);
-      return launch_bands_scatter<word, 1>(src, ids, lay, N, K, dst, cap);
+      if (lay.C == 3) return launch_bands_scatter<in_t, 3>(src, ids, lay, N, K, dst, cap);
+      return launch_bands_scatter<in_t, 1>(src, ids, lay, N, K, dst, cap);
     }
     if (vector_copy_applies(lay, kToImage ? dst : src, kToImage ? src : dst)) {
-      if (lay.C == 3) return launch_vector_copy<kToImage, word, 3>(src, ids, lay, rows, K, dst, cap);
-      return launch_vector_copy<kToImage, word, 1>(src, ids, lay, rows, K, dst, cap);
+      if (lay.C == 3) return launch_vector_copy<kToImage, in_t, 3>(src, ids, lay, rows, K, dst, cap);
+      return launch_vector_copy<kToImage, in_t, 1>(src, ids, lay, rows, K, dst, cap);
+    }
+  } else if constexpr (!kToImage && std::is_same_v<in_t, float> && sizeof(out_t) == 2) {
+    if (cast_vector_applies(lay, src, dst)) {  // autocast's fp32 images -> fp16 / bf16 patch vectors
+      if (lay.C == 3) return launch_cast_vector_copy<out_t, 3>(src, ids, lay, rows, K, dst, cap);
+      return launch_cast_vector_copy<out_t, 1>(src, ids, lay, rows, K, dst, cap);
     }
   }
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(rows, cap));
-  copy_patches_kernel<kToImage, word, kThreads><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  copy_patches_kernel<kToImage, in_t, kThreads, out_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       src, ids, lay, FastDivmod(K), rows, lay.P(), dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor gather_cuda(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size) {
+at::Tensor gather_cuda(const at::Tensor& imgs, const at::Tensor* ids_keep, at::IntArrayRef patch_size,
+                       std::optional<at::ScalarType> dtype) {
   TORCH_CHECK(imgs.is_cuda(), "mae_kernels: imgs must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(imgs.device());
-  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { launch_copy<false>(args...); });
+  return gather_patches(imgs, ids_keep, patch_size, [](auto... args) { launch_copy<false>(args...); }, dtype);
 }
 
 at::Tensor scatter_cuda(const at::Tensor& patches, const at::Tensor* ids_keep, at::IntArrayRef patch_size,

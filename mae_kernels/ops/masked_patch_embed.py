@@ -8,7 +8,8 @@ at::addmm; CUDA: gather kernel + cuBLAS; then one positional epilogue pass over 
 table rows in place: csrc/masked_patch_embed_gemm.h) and its Triton twin masked_patch_embed_triton (one GEMM loading its A
 tiles from the pixels) share:
   (imgs [N, C, H, W] or [N, C, T, H, W], ids_keep [N, K] int64, weight [D, C, ph, pw] or [D, C, u, ph, pw],
-   bias [D], pos_embed, pos_temporal) -> [N, K, D], dtype of imgs promoted with the positional tables'.
+   bias [D], pos_embed, pos_temporal) -> [N, K, D], the GEMM dtype (weight's) promoted with the positional
+   tables'. imgs may have another float dtype: each kept pixel is rounded to weight's as the gather reads it.
 Positional rows (token l = (ti * h + hi) * w + wi):
   pos_embed None                        : none;
   pos_embed [1, R, D], pos_temporal None: row R - L + l, R = 1 + L (row 0 the cls token's, never read: the
@@ -20,8 +21,9 @@ Positional rows (token l = (ti * h + hi) * w + wi):
 Backward (any of imgs, weight, bias, the positional tables): grad_W = grad^T @ masked_patchify(imgs)
 (recomputed, not saved), grad_b = sum, positional grads = batch sums of the rows scattered to the kept tokens
 (no atomics; the separable pair's are the sums over time / space of that [L, D] grid), grad_imgs =
-masked_patchify_backward(grad @ W). Autocast: imgs, weight and bias are cast to the autocast dtype, as
-nn.Conv2d's / nn.Conv3d's are.
+masked_patchify_backward(grad @ W), returned in imgs' dtype. Autocast: weight and bias are cast to the autocast
+dtype, as nn.Conv2d's / nn.Conv3d's are; imgs are not cast (a full-size copy of which 1 - mask_ratio is read): the
+gather rounds the kept pixels to the GEMM dtype, the same values as imgs.to(dtype), forward and backward.
 """
 import torch
 
@@ -46,8 +48,8 @@ OPS = {"cpu": compiled_op("masked_patch_embed"), "cuda": compiled_op("masked_pat
        "triton": define_triton_op("masked_patch_embed", _SCHEMA, _triton_forward)}
 
 
-def _out_dtype(imgs, pos_embed, pos_temporal):
-    dtype = imgs.dtype
+def _out_dtype(weight, pos_embed, pos_temporal):
+    dtype = weight.dtype  # the GEMM's
     for table in (pos_embed, pos_temporal):
         if table is not None:
             dtype = torch.promote_types(dtype, table.dtype)
@@ -55,7 +57,7 @@ def _out_dtype(imgs, pos_embed, pos_temporal):
 
 
 def _fake(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=None):
-    return imgs.new_empty(*ids_keep.shape, weight.shape[0], dtype=_out_dtype(imgs, pos_embed, pos_temporal))
+    return imgs.new_empty(*ids_keep.shape, weight.shape[0], dtype=_out_dtype(weight, pos_embed, pos_temporal))
 
 
 def _geometry(weight):
@@ -68,7 +70,8 @@ def _setup_context(ctx, inputs, output):
     pos_temporal = inputs[5] if len(inputs) > 5 else None
     ctx.image_size = list(imgs.shape[2:])
     ctx.patch_size = _geometry(weight)
-    ctx.gemm_dtype = imgs.dtype  # the GEMM ran in imgs' dtype; the positional promotion came after it
+    ctx.gemm_dtype = weight.dtype  # the GEMM ran in weight's dtype; the positional promotion came after it
+    ctx.imgs_dtype = imgs.dtype
     ctx.bias_dtype = bias.dtype
     ctx.pos_dtypes = tuple(t.dtype if t is not None else None for t in (pos_embed, pos_temporal))
     u, ph, pw = ctx.patch_size
@@ -117,9 +120,10 @@ def _make_backward(patchify_ops):
         if ctx.needs_input_grad[0]:
             grad_patches = _matmul(gemm_grad, _weight_matrix(weight)).reshape(N, K, P)
             grad_imgs = patchify_ops["masked_patchify_backward"](grad_patches, ids_keep, ctx.patch_size,
-                                                                 ctx.image_size)
+                                                                 ctx.image_size).to(ctx.imgs_dtype)
         if ctx.needs_input_grad[2]:
-            patches = patchify_ops["masked_patchify"](imgs, ids_keep, ctx.patch_size).reshape(N * K, P)
+            patches = patchify_ops["masked_patchify"](imgs, ids_keep, ctx.patch_size,
+                                                      ctx.gemm_dtype).reshape(N * K, P)
             grad_w = _matmul(gemm_grad.t(), patches)  # [D, P] in (frame, p_row, p_col, c) order
             if len(ctx.weight_shape) == 5:
                 grad_weight = grad_w.reshape(D, u, ph, pw, C).permute(0, 4, 1, 2, 3).contiguous()
@@ -154,13 +158,19 @@ for _name in ("cuda", "triton"):  # cpu shares cuda's compiled op
 
 
 def _autocast(imgs, weight, bias):
-    """Cast the GEMM operands to the autocast dtype when autocast is on for imgs' device (as nn.Conv2d; like
-    autocast, only floating-point tensors: others are left for validation to reject)."""
+    """Cast weight and bias to the autocast dtype when autocast is on for imgs' device (as nn.Conv2d; like
+    autocast, only floating-point tensors: others are left for validation to reject). imgs in fp32 / fp16 / bf16
+    stay as they are: the gather rounds the kept pixels to the GEMM dtype (weight's), giving imgs.to(dtype)'s
+    values without converting the whole image; others (float64) are cast here as before. Returns (imgs, weight,
+    bias, whether autocast applied)."""
     device_type = imgs.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        imgs, weight, bias = (t.to(dtype) if t.is_floating_point() else t for t in (imgs, weight, bias))
-    return imgs, weight, bias
+    if not torch.is_autocast_enabled(device_type):
+        return imgs, weight, bias, False
+    dtype = torch.get_autocast_dtype(device_type)
+    weight, bias = (t.to(dtype) if t.is_floating_point() else t for t in (weight, bias))
+    if imgs.is_floating_point() and imgs.dtype not in FLOAT_DTYPES:
+        imgs = imgs.to(dtype)
+    return imgs, weight, bias, True
 
 
 def _check_weight(weight, device, patch_size):
@@ -229,14 +239,15 @@ def _check_imgs(imgs, weight):
     check_tensor("imgs", imgs, ndim=5 if video else 4)
 
 
-def _validate(imgs, ids_keep, weight, bias, pos_embed, patch_size):
-    """Everything checked; returns (pos_embed, pos_temporal, L)."""
+def _validate(imgs, ids_keep, weight, bias, pos_embed, patch_size, autocast=False):
+    """Everything checked (imgs in weight's dtype, or under autocast any of FLOAT_DTYPES); returns (pos_embed,
+    pos_temporal, L)."""
     D, C, dims = _check_weight(weight, imgs.device, patch_size)
     video = weight.dim() == 5
     # The patch size as the caller sees it, so that error messages quote it (an int p for square Conv2d kernels).
     shown = tuple(dims) if video else patch_size if patch_size is not None else dims[1]
     check_images("imgs", imgs, shown, video=video)
-    check_tensor("imgs", imgs, dtypes=(weight.dtype,), shape=(None, C))
+    check_tensor("imgs", imgs, dtypes=FLOAT_DTYPES if autocast else (weight.dtype,), shape=(None, C))
     N = imgs.shape[0]
     u, ph, pw = dims
     grid = ((imgs.shape[2] // u) if imgs.dim() == 5 else 1, imgs.shape[-2] // ph, imgs.shape[-1] // pw)
@@ -257,15 +268,16 @@ def _prepare(imgs, ids_keep, weight, bias, pos_embed, patch_size):
     check_tensor("bias", bias, ndim=1)
     if pos_embed is not None and not isinstance(pos_embed, (tuple, list)):
         check_tensor("pos_embed", pos_embed, ndim=3)
-    imgs, weight, bias = _autocast(imgs, weight, bias)
-    pos, pos_t, L = _validate(imgs, ids_keep, weight, bias, pos_embed, patch_size)
+    imgs, weight, bias, autocast = _autocast(imgs, weight, bias)
+    pos, pos_t, L = _validate(imgs, ids_keep, weight, bias, pos_embed, patch_size, autocast)
     return imgs, weight, bias, pos, pos_t, L
 
 
 def _run(imgs, ids_keep, weight, bias, pos, pos_t):
     backend = select("masked_patch_embed", imgs.device.type)
-    if backend == "reference":
-        return reference.masked_patch_embed(imgs, ids_keep, weight, bias, pos if pos_t is None else (pos, pos_t))
+    if backend == "reference":  # eager's autocast order: imgs cast first
+        return reference.masked_patch_embed(imgs.to(weight.dtype), ids_keep, weight, bias,
+                                            pos if pos_t is None else (pos, pos_t))
     if pos_t is None:  # the image op's call, unchanged
         return OPS[backend](imgs, ids_keep, weight, bias, pos)
     return OPS[backend](imgs, ids_keep, weight, bias, pos, pos_t)
@@ -289,7 +301,9 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed=None, patch_size=
     [L, D] sum. The cls token (and mae_st's pos_embed_class) is the model's to add, as in the references.
 
     Output dtype: imgs' (the autocast dtype under autocast) promoted with the positional tables', as the
-    reference's conv + pos add. Differentiable with respect to imgs, weight, bias and the positional tables."""
+    reference's conv + pos add. Under autocast imgs are not cast as a whole: the kept pixels are rounded to the
+    autocast dtype as they are read (the same values), and imgs' gradient comes back in imgs' dtype.
+    Differentiable with respect to imgs, weight, bias and the positional tables."""
     imgs, weight, bias, pos, pos_t, _ = _prepare(imgs, ids_keep, weight, bias, pos_embed, patch_size)
     return _run(imgs, ids_keep, weight, bias, pos, pos_t)
 

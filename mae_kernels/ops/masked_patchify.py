@@ -6,7 +6,8 @@ Compiled ops (CPU, CUDA) and their Triton twins (<name>_triton) share these sche
 (u = 1 for images) and image_size = [H, W] (output [N, C, H, W]) or [T, H, W] (output [N, C, T, H, W]):
   patchify(imgs [N, C, (T,) H, W], patch_size) -> [N, L, P]                  backward: unpatchify
   unpatchify(x [N, L, P], patch_size, image_size) -> [N, C, (T,) H, W]       backward: patchify
-  masked_patchify(imgs, ids_keep [N, K] int64, patch_size) -> [N, K, P]   (only the kept pixels are read)
+  masked_patchify(imgs, ids_keep [N, K] int64, patch_size, dtype=None) -> [N, K, P]   (only the kept pixels are
+      read; dtype None: imgs', else fp32 / fp16 / bf16, each read pixel rounded to it once, as imgs.to(dtype))
   masked_patchify_backward(grad [N, K, P], ids_keep, patch_size, image_size) -> imgs' shape (zeros elsewhere)
 P = u*ph*pw*C. Patch vectors are in (frame, p_row, p_col, c) order, channel fastest; token
 l = (ti * h + hi) * w + wi with h = H / ph, w = W / pw (MAE_SPEC_VIDEO.md; images: l = hi * w + wi).
@@ -18,13 +19,13 @@ import torch
 from .. import reference
 from ..backends import select
 from ._registry import compiled_op, define_triton_op, register
-from ._validate import (check_ids_keep, check_images, check_patch_size, check_tensor, patch_dims,
+from ._validate import (FLOAT_DTYPES, check_ids_keep, check_images, check_patch_size, check_tensor, patch_dims,
                         patch_size_text)
 
 _SCHEMAS = {
     "patchify": "(Tensor imgs, int[] patch_size) -> Tensor",
     "unpatchify": "(Tensor x, int[] patch_size, int[] image_size) -> Tensor",
-    "masked_patchify": "(Tensor imgs, Tensor ids_keep, int[] patch_size) -> Tensor",
+    "masked_patchify": "(Tensor imgs, Tensor ids_keep, int[] patch_size, ScalarType? dtype=None) -> Tensor",
     "masked_patchify_backward": "(Tensor grad, Tensor ids_keep, int[] patch_size, int[] image_size) -> Tensor",
 }
 
@@ -39,8 +40,8 @@ def _triton(name):
             x, patch_size, image_size = args
             return tk.scatter(x, None, patch_size, image_size)
         if name == "masked_patchify":
-            imgs, ids_keep, patch_size = args
-            return tk.gather(imgs, ids_keep, patch_size)
+            imgs, ids_keep, patch_size, *dtype = args
+            return tk.gather(imgs, ids_keep, patch_size, *dtype)
         grad, ids_keep, patch_size, image_size = args
         return tk.scatter(grad, ids_keep, patch_size, image_size)
     return impl
@@ -70,9 +71,9 @@ def _fake_unpatchify(x, patch_size, image_size):
     return x.new_empty(N, P // (u * ph * pw), *image_size)
 
 
-def _fake_masked_patchify(imgs, ids_keep, patch_size):
+def _fake_masked_patchify(imgs, ids_keep, patch_size, dtype=None):
     u, ph, pw = patch_size
-    return imgs.new_empty(imgs.shape[0], ids_keep.shape[1], u * ph * pw * imgs.shape[1])
+    return imgs.new_empty(imgs.shape[0], ids_keep.shape[1], u * ph * pw * imgs.shape[1], dtype=dtype or imgs.dtype)
 
 
 def _fake_masked_patchify_backward(grad, ids_keep, patch_size, image_size):
@@ -81,8 +82,10 @@ def _fake_masked_patchify_backward(grad, ids_keep, patch_size, image_size):
 
 def _register(ops):
     def setup_image(ctx, inputs, output):  # ops whose differentiable input is an image or video
-        ctx.patch_size, ctx.image_size = inputs[-1], list(inputs[0].shape[2:])
-        ctx.save_for_backward(inputs[1] if len(inputs) == 3 else None)
+        masked = len(inputs) > 2  # masked_patchify(imgs, ids_keep, patch_size, dtype) / patchify(imgs, patch_size)
+        ctx.patch_size, ctx.image_size = inputs[2 if masked else 1], list(inputs[0].shape[2:])
+        ctx.imgs_dtype = inputs[0].dtype
+        ctx.save_for_backward(inputs[1] if masked else None)
 
     def setup_patches(ctx, inputs, output):  # ops whose differentiable input is patch vectors
         ctx.patch_size = inputs[-2]
@@ -103,8 +106,9 @@ def _register(ops):
         if grad is None:
             return None, None, None
         (ids_keep,) = ctx.saved_tensors
-        return (ops["masked_patchify_backward"](grad.contiguous(), ids_keep, ctx.patch_size, ctx.image_size),
-                None, None)
+        grad_imgs = ops["masked_patchify_backward"](grad.contiguous(), ids_keep, ctx.patch_size, ctx.image_size)
+        # In the patches' dtype, then imgs' (a dtype-converting gather): as autograd's cast of imgs.to(dtype).
+        return grad_imgs.to(ctx.imgs_dtype), None, None, None
 
     def masked_patchify_double_backward(ctx, grad):
         if grad is None:
@@ -190,16 +194,26 @@ def unpatchify(x, patch_size, image_size):
     return OPS[backend]["unpatchify"](x, [u, ph, pw], list(size))
 
 
-def masked_patchify(imgs, ids_keep, patch_size):
+def masked_patchify(imgs, ids_keep, patch_size, dtype=None):
     """The patch vectors of the kept patches (tubelets for videos) only, in ids_keep order: [N, K, P] in
     patchify's vector order.
 
     Reads only the kept patches' pixels straight from imgs (any strides); equals
-    gather(patchify(imgs), 1, ids_keep) bit for bit. Differentiable with respect to imgs (the gradient is
-    scattered back into a zero image)."""
+    gather(patchify(imgs), 1, ids_keep) bit for bit. dtype (torch.float32, float16 or bfloat16, for imgs in one of
+    them; None: imgs'): each read pixel rounded to it once, equal to masked_patchify(imgs.to(dtype), ...) bit for
+    bit without converting the rest of the image. Differentiable with respect to imgs (the gradient is scattered
+    back into a zero image, in imgs' dtype)."""
     dims = _check_geometry(imgs, patch_size)
+    if dtype is not None and dtype != imgs.dtype:
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be None or one of {', '.join(map(str, FLOAT_DTYPES))}, got {dtype!r}")
+        check_tensor("imgs", imgs, dtypes=FLOAT_DTYPES)  # to convert to dtype
+    else:
+        dtype = None  # the plain gather
     check_ids_keep(ids_keep, imgs.shape[0], _num_patches(imgs.shape[2:], dims), imgs.device)
     backend = select("masked_patchify", imgs.device.type)
     if backend == "reference":
-        return reference.masked_patchify(imgs, ids_keep, patch_size)
-    return OPS[backend]["masked_patchify"](imgs, ids_keep, dims)
+        return reference.masked_patchify(imgs if dtype is None else imgs.to(dtype), ids_keep, patch_size)
+    if dtype is None:
+        return OPS[backend]["masked_patchify"](imgs, ids_keep, dims)
+    return OPS[backend]["masked_patchify"](imgs, ids_keep, dims, dtype)

@@ -223,6 +223,11 @@ def scenarios():
             out.append((f"unpatchify scatter {dtype} p={p}",
                         lambda dtype=dtype, L=L, p=p: pf.scatter(_m(256, L, p * p * 3, dtype=dtype), None, (1, p, p),
                                                                   (224, 224))))
+        if dtype in LOW:  # the converting gather: autocast's fp32 images -> GEMM-dtype patches (backward's grad_W)
+            for p, K in ((16, 49), (14, 64)):
+                out.append((f"masked_patchify gather float32->{dtype} p={p}",
+                            lambda dtype=dtype, p=p, K=K: pf.gather(_m(256, 3, 224, 224), _m(256, K, dtype=torch.int64),
+                                                                    (1, p, p), dtype)))
         # video: 16 frames of 224x224 in 2x16x16 tubelets (L = 1568, 156 kept at ratio 0.9), batch 32.
         clip = _m(32, 3, 16, 224, 224, dtype=dtype)
         out.append((f"masked_patchify gather video {dtype}",
@@ -241,6 +246,14 @@ def scenarios():
                                 pe.masked_patch_embed(_m(256, 3, 224, 224, dtype=dtype), _m(256, K, dtype=torch.int64),
                                                       _m(D, 3, p, p, dtype=dtype), _m(D, dtype=dtype),
                                                       _m(1, 1 + L, D, dtype=pos_dtype) if with_pos else None)))
+    # autocast: fp32 images rounded to the GEMM dtype in the A-tile loads, fp32 pos_embed.
+    for dtype in LOW:
+        for p, D, K in ((16, 768, 49), (14, 1280, 64)):
+            L = (224 // p) ** 2
+            out.append((f"masked_patch_embed autocast float32->{dtype} p={p} D={D}",
+                        lambda dtype=dtype, p=p, D=D, K=K, L=L: pe.masked_patch_embed(
+                            _m(256, 3, 224, 224), _m(256, K, dtype=torch.int64), _m(D, 3, p, p, dtype=dtype),
+                            _m(D, dtype=dtype), _m(1, 1 + L, D))))
     # tubelet embedding (video, 2x16x16, L = 1568, 156 kept, D = 768): full table (VideoMAE) or separable (mae_st).
     for dtype in ALL:
         for pos in ("table", "separable"):

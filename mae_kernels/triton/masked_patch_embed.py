@@ -4,12 +4,15 @@ any strides), B the Conv2d weight [D, C*ph*pw] or Conv3d weight [D, C*u*ph*pw], 
 positional rows of the kept tokens added in the epilogue: a full table's row first + l (first = 1 when it holds
 a cls row), or the separable pair spatial[l % hw] + temporal[l // hw] (mae_st), never summed into [L, D].
 fp32 accumulation, one rounding to the output dtype. The reduction runs over the weight's own (c, frame, p_row,
-p_col) order, so no permuted copy of the weight is needed."""
+p_col) order, so no permuted copy of the weight is needed. The GEMM runs in the weight's dtype: pixels of another
+dtype (autocast's fp32 images) are rounded to it as the A tiles are loaded."""
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .masked_patchify import emulate_bf16, round_to
 
 POS_NONE, POS_TABLE, POS_SEPARABLE = 0, 1, 2
 
@@ -27,7 +30,7 @@ def _masked_patch_embed_kernel(
         C: tl.constexpr, U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constants: index math divides by them
         GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
         POS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EMULATE_BF16: tl.constexpr = False):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
@@ -53,6 +56,7 @@ def _masked_patch_embed_kernel(
         col_off = ((t // up).to(tl.int64) * s_c + ((t // PH) % U).to(tl.int64) * s_t + (t % PH).to(tl.int64) * s_h
                    + (r % PW).to(tl.int64) * s_w)
         a = tl.load(img_ptr + row_off[:, None] + col_off[None, :], mask=row_mask[:, None] & r_mask[None, :], other=0.0)
+        a = round_to(a, w_ptr.dtype.element_ty, EMULATE_BF16)  # the GEMM's dtype (no-op when imgs have it)
         b = tl.load(w_ptr + cols[None, :] * R + r.to(tl.int64)[:, None], mask=r_mask[:, None] & col_mask[None, :],
                     other=0.0)
         if UPCAST:  # the CPU interpreter's tl.dot is wrong on bf16
@@ -75,12 +79,12 @@ def _masked_patch_embed_kernel(
 
 
 def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=None):
-    """[N, K, D] = weight . kept patch + bias (+ positional rows: see the module docstring); dtype of imgs
+    """[N, K, D] = weight . kept patch + bias (+ positional rows: see the module docstring); dtype of weight
     promoted with the positional tables'. Inputs are valid (checked by mae_kernels.ops.masked_patch_embed)."""
     N, K = ids_keep.shape
     D, C = weight.shape[:2]
     u, ph, pw = (weight.shape[2:] if weight.dim() == 5 else (1, *weight.shape[2:]))
-    out_dtype = imgs.dtype
+    out_dtype = weight.dtype  # the GEMM's
     for table in (pos_embed, pos_temporal):
         if table is not None:
             out_dtype = torch.promote_types(out_dtype, table.dtype)
@@ -89,7 +93,7 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
     if M == 0 or D == 0:
         return out
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    low = imgs.dtype in (torch.float16, torch.bfloat16)
+    low = weight.dtype in (torch.float16, torch.bfloat16)
     if interpret:
         block_m, block_n, block_k, warps, stages = 32, 32, 32, 4, 1
     elif low:
@@ -116,6 +120,7 @@ def masked_patch_embed(imgs, ids_keep, weight, bias, pos_embed, pos_temporal=Non
     _masked_patch_embed_kernel[grid](
         imgs, ids, weight.contiguous(), bias.contiguous(), pos, pos_t, out, M, K, D, first, s_n, s_c, s_t,
         imgs.stride(-2), imgs.stride(-1), C=C, U=u, PH=ph, PW=pw, GRID_W=grid_w, GRID_HW=grid_h * grid_w, POS=mode,
-        UPCAST=interpret and low, IEEE=imgs.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **options)
+        UPCAST=interpret and low, IEEE=weight.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, EMULATE_BF16=emulate_bf16(imgs.dtype, weight.dtype), num_warps=warps, num_stages=stages,
+        **options)
     return out

@@ -3,10 +3,37 @@ and one scatter (the inverse), with the patches picked by ids_keep [N, K] or, wi
 Samples are addressed by their strides (channels_last, channels_last_3d and non-contiguous views work); values
 are copied, so results are bit-exact. A patch is a tubelet of u frames x ph x pw pixels (images: u = 1, time
 stride 0); its vector is in (frame, p_row, p_col, c) order: entry j = ((a * ph + p_row) * pw + p_col) * C + c;
-token l = (ti * h + hi) * w + wi."""
+token l = (ti * h + hi) * w + wi. The gather may also round each element to another dtype (masked_patchify's
+dtype), as imgs.to(dtype) rounds it."""
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """x (fp32 / fp16 / bf16) rounded once to `dtype`, to nearest even as ATen's casts. EMULATE_BF16: bf16 from and
+    to fp32 by integer operations on the fp32 bits, for the CPU interpreter, whose fp32 -> bf16 cast truncates and
+    whose bf16 -> fp32 cast loses subnormals (compiled kernels take the hardware's exact conversions)."""
+    if EMULATE_BF16:
+        if x.dtype == tl.bfloat16:
+            x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            x = x.to(tl.float32)
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            bits = tl.where(x == x, bits, 0x7FC0)  # NaN stays NaN (the carry could reach the sign bit)
+            return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
+
+
+def emulate_bf16(src_dtype, dtype):
+    """round_to's EMULATE_BF16 for a src_dtype -> dtype conversion in this process."""
+    return (os.environ.get("TRITON_INTERPRET") == "1" and src_dtype != dtype
+            and torch.bfloat16 in (src_dtype, dtype))
 
 
 @triton.jit
@@ -16,7 +43,8 @@ def _copy_kernel(src_ptr,  # gather: the sample [N, C, (T,) H, W] with strides s
                  K, s_n, s_c, s_t, s_h, s_w,  # s_t = 0 for images
                  U: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, C: tl.constexpr,
                  GRID_W: tl.constexpr, GRID_HW: tl.constexpr,
-                 TO_IMAGE: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+                 TO_IMAGE: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+                 EMULATE_BF16: tl.constexpr = False):
     """Copies patch vectors between the sample and their rows: a gather, or with TO_IMAGE a scatter. A program
     copies BLOCK_M patches of one sample; the patch sizes, C and the grid are constants, so no index math
     divides at run time except the one division per program that finds the sample."""
@@ -43,7 +71,9 @@ def _copy_kernel(src_ptr,  # gather: the sample [N, C, (T,) H, W] with strides s
     if TO_IMAGE:
         tl.store(dst_ptr + pixel, tl.load(src_ptr + row, mask=mask), mask=mask)
     else:
-        tl.store(dst_ptr + row, tl.load(src_ptr + pixel, mask=mask), mask=mask)
+        # dst's dtype may differ (a converting gather): each element rounded once; no-op otherwise
+        tl.store(dst_ptr + row, round_to(tl.load(src_ptr + pixel, mask=mask), dst_ptr.dtype.element_ty, EMULATE_BF16),
+                 mask=mask)
 
 
 @triton.jit
@@ -117,7 +147,7 @@ def _launch(to_image, src, ids, dst, img, N, K, patch_size):
     ids = ids.contiguous() if has_ids else src  # any pointer when unused
     _copy_kernel[grid](src, ids, dst, K, *_strides(img), U=u, PH=ph, PW=pw, C=C, GRID_W=W // pw,
                        GRID_HW=(H // ph) * (W // pw), TO_IMAGE=to_image, HAS_IDS=has_ids, BLOCK_M=block_m,
-                       BLOCK_P=block_p, num_warps=warps)
+                       BLOCK_P=block_p, EMULATE_BF16=emulate_bf16(src.dtype, dst.dtype), num_warps=warps)
 
 
 def num_patches(sizes, patch_size):
@@ -126,13 +156,17 @@ def num_patches(sizes, patch_size):
     return (T // u) * (H // ph) * (W // pw)
 
 
-def gather(imgs, ids_keep, patch_size):
+def gather(imgs, ids_keep, patch_size, dtype=None):
     """[N, K, u*ph*pw*C] patch vectors of imgs [N, C, (T,) H, W] (patch_size [u, ph, pw]; ids_keep [N, K] int64,
-    or None for all L patches in order)."""
+    or None for all L patches in order), in dtype (None: imgs'; else each element rounded to it once)."""
     u, ph, pw = patch_size
     N, C = imgs.shape[:2]
     K = ids_keep.shape[1] if ids_keep is not None else num_patches(imgs.shape[2:], patch_size)
-    out = torch.empty(N, K, u * ph * pw * C, dtype=imgs.dtype, device=imgs.device)
+    dtype = dtype or imgs.dtype
+    if dtype != imgs.dtype and not {dtype, imgs.dtype} <= {torch.float32, torch.float16, torch.bfloat16}:
+        raise TypeError(f"masked_patchify: dtype conversion supports float32, float16 and bfloat16, got "
+                        f"{imgs.dtype} -> {dtype}")
+    out = torch.empty(N, K, u * ph * pw * C, dtype=dtype, device=imgs.device)
     _launch(False, imgs, ids_keep, out, imgs, N, K, patch_size)
     return out
 

@@ -1,7 +1,9 @@
 // Torch-free CUDA kernels of the patchify family, copying raw words of the element's width (bit-exact for every
 // dtype): copy_patches_vec_kernel moves 16 bytes per access where the layout allows it; copy_patches_kernel is the
 // generic one (one block per patch-vector row, grid-stride, threads over its P entries). ids == nullptr means
-// patch k of each image (K = L).
+// patch k of each image (K = L). A gather may also round each element to another dtype (masked_patchify's dtype:
+// masked_patch_embed's autocast gather): copy_patches_kernel with typed in/out pointers, or the 16-byte
+// copy_patches_cast_vec_kernel for fp32 images to fp16 / bf16 patch vectors.
 #pragma once
 #include <cstdint>
 
@@ -15,14 +17,15 @@ constexpr int64_t kPatchOffsetTable = 2048;
 
 // Copies between the image or video (strides in lay) and the patch vectors [N, K, P] (contiguous); ids: [N, K] int64 or
 // nullptr; div_K divides by K. kToImage false gathers (src: image, dst: patch vectors); true scatters (src: patch
-// vectors, dst: image; only the listed patches are written, nothing else).
+// vectors, dst: image; only the listed patches are written, nothing else). out_t: word itself (a raw copy), or
+// for a gather into another dtype the typed element (convert_element rounds each one once).
 // The in-patch offset of each entry is computed once per block (a table in shared memory when P fits, else per
 // element), the patch corner once per row and thread: an element costs a shared load, an add and the copy.
-template <bool kToImage, typename word, int kThreads>
+template <bool kToImage, typename word, int kThreads, typename out_t = word>
 __global__ void __launch_bounds__(kThreads) copy_patches_kernel(const word* __restrict__ src,
                                                                 const int64_t* __restrict__ ids, PatchLayout lay,
                                                                 FastDivmod div_K, int64_t rows, int64_t P,
-                                                                word* __restrict__ dst) {
+                                                                out_t* __restrict__ dst) {
   __shared__ int64_t table[kPatchOffsetTable];
   const bool tabled = P <= kPatchOffsetTable;
   if (tabled) {
@@ -37,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) copy_patches_kernel(const word* __re
     for (int64_t j = threadIdx.x; j < P; j += kThreads) {
       const int64_t pixel = corner + (tabled ? table[j] : lay.in_patch(j));
       const int64_t e = i * P + j;
-      dst[kToImage ? pixel : e] = src[kToImage ? e : pixel];
+      dst[kToImage ? pixel : e] = convert_element<out_t>(src[kToImage ? e : pixel]);
     }
   }
 }
@@ -167,6 +170,53 @@ __global__ void __launch_bounds__(kThreads) scatter_bands_vec_kernel(const word*
 #pragma unroll
       for (int c = 0; c < kC; ++c) store16(dst + pixel + c * lay.s_c, out.v[c]);
     }
+  }
+}
+
+// The 16-byte gather of fp32 images into 16-bit patch vectors (fp16 / bf16: Round::apply(float) gives the rounded
+// element's bits). As copy_patches_vec_kernel's gather with kV = 8 columns per item: per channel two 16-byte loads
+// of 8 fp32 pixels, rounded once each, transposed to channel-fastest order, kC 16-byte stores. The host
+// (csrc/cuda/masked_patchify.cu) checks s_w == 1, pw % 8 == 0, the other strides multiples of 4 elements and both
+// base addresses 16-byte aligned; div_groups divides by P / (8 * kC), div_runs by pw / 8.
+template <int kC, typename Round, int kThreads>
+__global__ void __launch_bounds__(kThreads) copy_patches_cast_vec_kernel(const float* __restrict__ src,
+                                                                         const int64_t* __restrict__ ids,
+                                                                         PatchLayout lay, FastDivmod div_K,
+                                                                         FastDivmod div_groups, FastDivmod div_runs,
+                                                                         int64_t items, int64_t P,
+                                                                         uint16_t* __restrict__ dst) {
+  constexpr int kV = 8;
+  union In {  // kC channel runs of kV pixels
+    uint4 v[2 * kC];
+    float f[kV * kC];
+  };
+  union Out {  // kV * kC entries of the patch vector
+    uint4 v[kC];
+    uint16_t w[kV * kC];
+  };
+#pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < items;
+       t += static_cast<int64_t>(gridDim.x) * kThreads) {
+    int64_t g, k, run, p_row;
+    const int64_t i = div_groups.divmod(t, &g);
+    const int64_t n = div_K.divmod(i, &k);
+    const int64_t frame = lay.div_ph.divmod(div_runs.divmod(g, &run), &p_row);
+    const int64_t pixel = lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV;
+    const int64_t e = i * P + g * (kV * kC);
+    In in;
+    Out out;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) in.v[2 * c + h] = *reinterpret_cast<const uint4*>(src + pixel + c * lay.s_c + 4 * h);
+    }
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+#pragma unroll
+      for (int v = 0; v < kV; ++v) out.w[v * kC + c] = Round::apply(in.f[c * kV + v]);
+    }
+#pragma unroll
+    for (int c = 0; c < kC; ++c) reinterpret_cast<uint4*>(dst + e)[c] = out.v[c];
   }
 }
 
