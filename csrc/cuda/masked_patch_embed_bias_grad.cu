@@ -21,13 +21,13 @@ bool aligned(const void* ptr, int64_t bytes) {
 }
 
 template <bool kVector, typename g_t, typename out_t>
-void launch_rows(const at::Tensor& grad, const BiasGrad& b, bool write, cudaStream_t stream) {
+void launch_rows(const at::Tensor& grad, const BiasGrad& b, bool write) {
   constexpr int V = cuda::bias_grad_width<kVector, g_t, out_t>();
   const int64_t packs = (b.D + V - 1) / V;
   const int threads = static_cast<int>(std::min<int64_t>(cuda::kBiasGradThreads, (packs + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>(std::min(b.chunks, kMaxChunkBlocks)),
                   static_cast<unsigned>((packs + threads - 1) / threads));
-  cuda::bias_grad_rows_kernel<kVector, g_t, out_t><<<grid, threads, 0, stream>>>(
+  cuda::bias_grad_rows_kernel<kVector, g_t, out_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
       grad.const_data_ptr<g_t>(), grad.stride(0), grad.stride(1), grad.stride(2), b.K, b.D, FastDivmod(b.KB),
       b.chunks, write ? b.gemm_grad.data_ptr<out_t>() : nullptr, b.partial.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -40,7 +40,6 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_embed_bias_grad_cuda(const at::T
   const c10::cuda::CUDAGuard guard(grad.device());
   const BiasGrad b = bias_grad_setup(grad, gemm_dtype, write, bias_dtype);
   if (b.D == 0) return {b.gemm_grad, b.grad_bias};
-  auto stream = at::cuda::getCurrentCUDAStream();
   if (b.chunks > 0) {
     dispatch_bias_grad_dtype(grad.scalar_type(), [&](auto g) {
       using g_t = decltype(g);
@@ -53,9 +52,9 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_embed_bias_grad_cuda(const at::T
                             grad.stride(1) % V == 0 && aligned(grad.const_data_ptr(), V * sizeof(g_t)) &&
                             (!write || aligned(b.gemm_grad.const_data_ptr(), V * sizeof(out_t)));
         if (vector) {
-          launch_rows<true, g_t, out_t>(grad, b, write, stream);
+          launch_rows<true, g_t, out_t>(grad, b, write);
         } else {
-          launch_rows<false, g_t, out_t>(grad, b, write, stream);
+          launch_rows<false, g_t, out_t>(grad, b, write);
         }
       });
     });
@@ -64,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_embed_bias_grad_cuda(const at::T
     using b_t = decltype(t);
     const dim3 threads(cuda::kBiasFinishCols, cuda::kBiasFinishLanes);
     cuda::bias_grad_finish_kernel<b_t>
-        <<<static_cast<unsigned>((b.D + cuda::kBiasFinishCols - 1) / cuda::kBiasFinishCols), threads, 0, stream>>>(
+        <<<static_cast<unsigned>((b.D + cuda::kBiasFinishCols - 1) / cuda::kBiasFinishCols), threads, 0,
+           at::cuda::getCurrentCUDAStream()>>>(
             b.partial.const_data_ptr<float>(), b.chunks, b.D, b.grad_bias.data_ptr<b_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -4,6 +4,8 @@ chunks into the bias gradient. The order is csrc/masked_patch_embed_bias_grad.h'
 sample, summed row by row from 0; the chunk sums in groups of GROUP, the groups added in order), so the CPU, CUDA
 and Triton kernels add the same fp32 numbers in the same order. No atomics.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -18,25 +20,27 @@ _FINISH_COLS = 32
 def _bias_grad_rows_kernel(
     grad_ptr,   # [N, K, D], strides (s_n, s_k, s_d)
     out_ptr,    # [N * K, D] contiguous, the GEMM-dtype copy (unused unless WRITE)
-    part_ptr,   # [N * KB, D] float32: chunk c = n * KB + kb, rows [kb * ROWS, min(K, kb * ROWS + ROWS)) of sample n
-    K, D, KB, s_n, s_k, s_d,
-    WRITE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    part_ptr,   # [N * KB, D] float32: chunk n * KB + kb, rows [kb * ROWS, min(K, kb * ROWS + ROWS)) of sample n
+    N, K, D, KB, s_n, s_k, s_d,
+    WRITE: tl.constexpr, ROWS: tl.constexpr, SAMPLES: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    c = tl.program_id(0).to(tl.int64)
-    n = c // KB  # once per program
-    k0 = (c - n * KB) * ROWS
-    # Rows as [1, BLOCK_D] tiles: 16-byte accesses, one row after another (the CPU's and CUDA's order of adds).
-    d = (tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64))[None, :]
-    d_ok = d < D
-    acc = tl.zeros((1, BLOCK_D), dtype=tl.float32)
-    for i in tl.static_range(ROWS):  # unrolled: the rows' loads are independent, many in flight
-        k = k0 + i
-        ok = d_ok & (k < K)
-        g = tl.load(grad_ptr + n * s_n + k * s_k + d * s_d, mask=ok, other=0.0).to(tl.float32)
+    # Program: chunk kb of SAMPLES samples (1 on a GPU; more under the interpreter, ~1 ms per program) over
+    # BLOCK_D columns, as [SAMPLES, BLOCK_D] tiles (16-byte accesses along D).
+    n = (tl.program_id(0).to(tl.int64) * SAMPLES + tl.arange(0, SAMPLES).to(tl.int64))[:, None]
+    kb = tl.program_id(1).to(tl.int64)
+    d = (tl.program_id(2).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64))[None, :]
+    tile_ok = (n < N) & (d < D)
+    k0 = kb * ROWS
+    src = grad_ptr + n * s_n + k0 * s_k + d * s_d
+    dst = out_ptr + (n * K + k0) * D + d
+    acc = tl.zeros((SAMPLES, BLOCK_D), dtype=tl.float32)
+    for i in tl.static_range(ROWS):  # the rows in order (the CPU's and CUDA's adds); unrolled: loads in flight
+        ok = tile_ok & (k0 + i < K)
+        g = tl.load(src + i * s_k, mask=ok, other=0.0).to(tl.float32)
         acc += g  # + 0 past the chunk's end: acc is never -0, so its bits do not change
         if WRITE:
-            tl.store(out_ptr + (n * K + k) * D + d, g.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.store(part_ptr + c * D + d, acc, mask=d_ok)
+            tl.store(dst + i * D, g.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(part_ptr + (n * KB + kb) * D + d, acc, mask=tile_ok)
 
 
 @triton.jit
@@ -82,13 +86,16 @@ def masked_patch_embed_bias_grad(grad, gemm_dtype, write_gemm_grad, bias_dtype):
     if D == 0:
         return gemm_grad, grad_bias
     partial = torch.empty(chunks, D, device=dev, dtype=torch.float32)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if chunks > 0:
         per_thread, warps = _rows_config(grad.dtype, gemm_dtype if write_gemm_grad else grad.dtype)
         block_d = min(triton.next_power_of_2(D), per_thread * 32 * warps)
         warps = max(1, min(warps, block_d // (per_thread * 32)))
-        _bias_grad_rows_kernel[(chunks, triton.cdiv(D, block_d))](
-            grad, gemm_grad if write_gemm_grad else partial, partial, K, D, KB, *grad.stride(),
-            WRITE=write_gemm_grad, ROWS=ROWS, BLOCK_D=block_d, num_warps=warps)
-    _bias_grad_finish_kernel[(triton.cdiv(D, _FINISH_COLS),)](partial, grad_bias, chunks, D, GROUP=GROUP,
-                                                               LANES=_LANES, BLOCK=_FINISH_COLS, num_warps=1)
+        samples = min(triton.next_power_of_2(N), 64) if interpret else 1
+        _bias_grad_rows_kernel[(triton.cdiv(N, samples), KB, triton.cdiv(D, block_d))](
+            grad, gemm_grad if write_gemm_grad else partial, partial, N, K, D, KB, *grad.stride(),
+            WRITE=write_gemm_grad, ROWS=ROWS, SAMPLES=samples, BLOCK_D=block_d, num_warps=warps)
+    block = min(triton.next_power_of_2(D), 1024) if interpret else _FINISH_COLS
+    _bias_grad_finish_kernel[(triton.cdiv(D, block),)](partial, grad_bias, chunks, D, GROUP=GROUP, LANES=_LANES,
+                                                       BLOCK=block, num_warps=1)
     return gemm_grad, grad_bias
