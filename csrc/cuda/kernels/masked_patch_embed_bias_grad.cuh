@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kBiasGradThreads)
     float acc[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) acc[j] = 0.0f;
-#pragma unroll 4
+#pragma unroll 8  // 8 rows of loads in flight (unroll 4 made ptxas keep a pointer on the stack for bf16)
     for (int64_t r = 0; r < rows; ++r) {
       const BiasGradPack<g_t, V> p = *reinterpret_cast<const BiasGradPack<g_t, V>*>(g + r * sk);
       BiasGradPack<out_t, V> o;
