@@ -37,6 +37,11 @@ TORCH_LIBRARY(mae_kernels, m) {
   // Backward composes masked_patchify(_backward) + GEMMs.
   m.def("masked_patch_embed(Tensor imgs, Tensor ids_keep, Tensor weight, Tensor bias, Tensor? pos_embed, "
         "Tensor? pos_temporal=None) -> Tensor");
+  // its backward's one pass over grad [N, K, D] (any strides): gemm_grad [N * K, D] contiguous in gemm_dtype
+  // (written when write_gemm_grad, else [0, D]) and grad_bias [D] in bias_dtype, the fp32 column sums in the fixed
+  // order of csrc/masked_patch_embed_bias_grad.h (deterministic, the same bits on every backend).
+  m.def("masked_patch_embed_bias_grad(Tensor grad, ScalarType gemm_dtype, bool write_gemm_grad, "
+        "ScalarType bias_dtype) -> (Tensor gemm_grad, Tensor grad_bias)");
   // decoder input: out[n, c + l] = (ids_restore[n, l] < K ? x[n, c + ids_restore[n, l]] : mask_token)
   // (+ pos_embed), c = has_cls (cls row copied); computed in fp32, rounded once to out_dtype.
   m.def("unshuffle_with_mask_tokens(Tensor x, Tensor mask_token, Tensor ids_restore, Tensor? pos_embed, "

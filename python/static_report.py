@@ -83,6 +83,7 @@ def case_bytes(op):
 # divided by the element bytes give the elements one iteration handles (instructions per element).
 _R = 1 + L  # decoder rows with the cls token
 _CHUNKS = -(-N // 32)  # unshuffle backward: samples summed per chunk (kSumChunk, Triton's 32)
+_BIAS_CHUNKS = N * -(-K // 32)  # masked_patch_embed backward: chunks of kBiasGradRows rows within a sample
 
 
 def kernel_bytes():
@@ -132,6 +133,12 @@ def kernel_bytes():
                                   "fp32 grad_out read once; grad_x and one [chunks, R, D] partial written"),
         "_sum_partials_kernel": (_CHUNKS * _R * D_DEC * 4, D_DEC * 4, _CHUNKS * _R * D_DEC, 4,
                                  "the chunk partials summed in a fixed order"),
+        # masked_patch_embed's backward pass over the fp32 grad_out (fp32 pos_embed): the bf16 copy for the GEMMs
+        # and per-chunk column sums (chunks of 32 rows within a sample: N * ceil(K / 32)), then their fixed-order sum
+        "bias_grad_rows_kernel": (NK * D_ENC * 4, NK * D_ENC * BF16 + _BIAS_CHUNKS * D_ENC * 4, NK * D_ENC, 4,
+                                  "fp32 grad_out read once; its bf16 copy and the chunk sums written"),
+        "bias_grad_finish_kernel": (_BIAS_CHUNKS * D_ENC * 4, D_ENC * BF16, _BIAS_CHUNKS * D_ENC, 4,
+                                    "the chunk sums added in a fixed order"),
         "masked_mse_rows_kernel": mse_rows,
         "_masked_mse_rows_kernel": mse_rows,
         "masked_mse_total_kernel": (NL * 4 * 2, 4, NL, 4, "one block: partials and mask summed"),
@@ -141,7 +148,7 @@ def kernel_bytes():
 
 LOAD_SIDE = ("unshuffle_backward_rows_kernel", "unshuffle_backward_chunks_kernel",
              "unshuffle_backward_mask_sum_kernel", "_backward_rows_kernel", "_sum_partials_kernel",
-             "masked_mse_total_kernel", "masked_mse_scale_kernel")
+             "masked_mse_total_kernel", "masked_mse_scale_kernel", "bias_grad_rows_kernel", "bias_grad_finish_kernel")
 
 
 def model_for(name, models):
@@ -448,6 +455,7 @@ def triton_launches(op, pass_):
     from mae_kernels.triton import compile_check as cc
     from mae_kernels.triton import masked_mse_loss as mse
     from mae_kernels.triton import masked_patch_embed as pe
+    from mae_kernels.triton import masked_patch_embed_bias_grad as bg
     from mae_kernels.triton import masked_patchify as pf
     from mae_kernels.triton import random_masking as rm
     from mae_kernels.triton import unshuffle_with_mask_tokens as un
@@ -464,8 +472,9 @@ def triton_launches(op, pass_):
         ("masked_patch_embed", "forward"): lambda: pe.masked_patch_embed(
             m(N, C, HW, HW, dtype=bf), m(N, K, dtype=i64), m(D_ENC, C, PATCH, PATCH, dtype=bf), m(D_ENC, dtype=bf),
             m(1, 1 + L, D_ENC)),
-        ("masked_patch_embed", "backward"): lambda: pf.gather(m(N, C, HW, HW, dtype=bf), m(N, K, dtype=i64),
-                                                              (1, PATCH, PATCH)),  # the patches, recomputed
+        ("masked_patch_embed", "backward"): lambda: (  # grad_out's bf16 copy and the bias gradient; the patches
+            bg.masked_patch_embed_bias_grad(m(N, K, D_ENC), bf, True, bf),
+            pf.gather(m(N, C, HW, HW, dtype=bf), m(N, K, dtype=i64), (1, PATCH, PATCH))),
         ("unshuffle_with_mask_tokens", "forward"): lambda: un.unshuffle_with_mask_tokens_forward(
             m(N, 1 + K, D_DEC, dtype=bf), m(1, 1, D_DEC), m(N, L, dtype=i64), m(1, 1 + L, D_DEC), True,
             torch.float32),

@@ -22,7 +22,8 @@ EMULATION = TESTS / "cuda_emulation"
 # run their op cases in the first run only: they launch no kernel the op suites do not.
 _OP_SUITES = ["test_random_masking.py", "test_tube_mask_indices.py", "test_mask_to_indices.py", "test_patchify.py",
               "test_masked_patch_embed.py", "test_video_patch.py", "test_unshuffle_with_mask_tokens.py",
-              "test_append_mask_tokens.py", "test_masked_mse_loss.py", "test_video_loss.py", "test_layouts.py"]
+              "test_append_mask_tokens.py", "test_masked_mse_loss.py", "test_video_loss.py", "test_layouts.py",
+              "test_masked_patch_embed_bias_grad.py"]
 _WHOLE_SUITE = ["."]
 _NOT_EMULATED = ["test_cuda_emulation.py", "test_cuda_emulation_asan.py", "test_triton_compile.py", "test_cuda_resources.py", "test_ddp.py",
                  "test_run_tests_parallel.py", "test_bench_step.py", "test_benchmark_harness.py",

@@ -33,6 +33,8 @@ THREADS = {
     "mask_to_indices_kernel": 256,           # cuda::kMaskToIndicesThreads (also its __launch_bounds__)
     "tube_mask_indices_kernel": 512,         # cuda::kTubeThreads (also its __launch_bounds__)
     "pos_embed_epilogue_kernel": 256,        # cuda::kPosEpilogueThreads (also its __launch_bounds__)
+    "bias_grad_rows_kernel": 256,            # cuda::kBiasGradThreads (at most; also its __launch_bounds__)
+    "bias_grad_finish_kernel": 256,          # cuda::kBiasGradThreads (32 x 8)
 }
 # Largest dynamic shared memory a launcher asks for (bytes): the sort keys of L = kRandomMaskingMaxL = 8192
 # tokens, int64; the backward's int32 ranks.
@@ -126,7 +128,8 @@ _COPY_KERNELS_16B = ("random_masking_forward_kernel<uint4>", "random_masking_bac
                      "copy_patches_vec_kernel<",  # every instance of the patchify 16-byte path
                      "scatter_bands_vec_kernel<",  # and of its one-pass masked scatter
                      "copy_patches_cast_vec_kernel<",  # and of its converting gather
-                     "pos_embed_epilogue_kernel<true,")  # masked_patch_embed's 16-byte packs
+                     "pos_embed_epilogue_kernel<true,",  # masked_patch_embed's 16-byte packs
+                     "bias_grad_rows_kernel<true,")  # its backward's pass over grad_out
 
 
 def _sass_problems(kernels):

@@ -105,7 +105,28 @@ def _weight_matrix(weight):
     return weight.permute(*perm).reshape(weight.shape[0], -1)
 
 
-def _make_backward(patchify_ops):
+_BIAS_GRAD_SCHEMA = ("(Tensor grad, ScalarType gemm_dtype, bool write_gemm_grad, ScalarType bias_dtype) -> "
+                     "(Tensor gemm_grad, Tensor grad_bias)")
+
+
+def _triton_bias_grad(grad, gemm_dtype, write_gemm_grad, bias_dtype):
+    from ..triton.masked_patch_embed_bias_grad import masked_patch_embed_bias_grad
+    return masked_patch_embed_bias_grad(grad, gemm_dtype, write_gemm_grad, bias_dtype)
+
+
+# The backward's one pass over grad_out: the GEMM-dtype copy (when the GEMMs need one) and the bias gradient.
+BIAS_GRAD_OPS = {"cpu": compiled_op("masked_patch_embed_bias_grad"),
+                 "cuda": compiled_op("masked_patch_embed_bias_grad"),
+                 "triton": define_triton_op("masked_patch_embed_bias_grad", _BIAS_GRAD_SCHEMA, _triton_bias_grad)}
+
+
+def _fake_bias_grad(grad, gemm_dtype, write_gemm_grad, bias_dtype):
+    N, K, D = grad.shape
+    return (grad.new_empty(N * K if write_gemm_grad else 0, D, dtype=gemm_dtype),
+            grad.new_empty(D, dtype=bias_dtype))
+
+
+def _make_backward(patchify_ops, bias_grad_op):
     def backward(ctx, grad_out):
         if grad_out is None:  # not materialised (_registry.register): no gradient reached the tokens
             return (None,) * 6
@@ -114,9 +135,19 @@ def _make_backward(patchify_ops):
         u, ph, pw = ctx.patch_size
         P = C * u * ph * pw
         N, K = ids_keep.shape
-        grad = grad_out.reshape(N * K, D)
-        gemm_grad = grad.to(ctx.gemm_dtype)
         grad_imgs = grad_weight = grad_bias = grad_pos = grad_pos_t = None
+        need_gemm = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
+        gemm_grad = None
+        if ctx.needs_input_grad[3]:
+            # One read of grad_out for the bias gradient and the GEMMs' operand: the copy is written when the
+            # GEMMs need another dtype (autocast: the fp32 pos_embed made the output fp32) or rows that do not
+            # view as [N * K, D] (the model's slice of its cat's gradient).
+            write = need_gemm and (grad_out.dtype != ctx.gemm_dtype or not grad_out.is_contiguous())
+            copy, grad_bias = bias_grad_op(grad_out, ctx.gemm_dtype, write, ctx.bias_dtype)
+            if write:
+                gemm_grad = copy
+        if need_gemm and gemm_grad is None:
+            gemm_grad = grad_out.reshape(N * K, D).to(ctx.gemm_dtype)
         if ctx.needs_input_grad[0]:
             grad_patches = _matmul(gemm_grad, _weight_matrix(weight)).reshape(N, K, P)
             grad_imgs = patchify_ops["masked_patchify_backward"](grad_patches, ids_keep, ctx.patch_size,
@@ -129,8 +160,6 @@ def _make_backward(patchify_ops):
                 grad_weight = grad_w.reshape(D, u, ph, pw, C).permute(0, 4, 1, 2, 3).contiguous()
             else:
                 grad_weight = grad_w.reshape(D, ph, pw, C).permute(0, 3, 1, 2).contiguous()
-        if ctx.needs_input_grad[3]:
-            grad_bias = grad.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         need_pos = ctx.needs_input_grad[4] or (len(ctx.needs_input_grad) > 5 and ctx.needs_input_grad[5])
         if need_pos:
             # Deterministic without atomics (index_add would use them on CUDA): ids_keep rows hold distinct
@@ -139,8 +168,8 @@ def _make_backward(patchify_ops):
             t, h, w = ctx.grid
             L = t * h * w
             first = 0 if ctx.separable else ctx.pos_rows - L
-            buf = grad.new_zeros(N, first + L, D, dtype=torch.float32)
-            buf.scatter_(1, (ids_keep + first).unsqueeze(-1).expand(N, K, D), grad.float().reshape(N, K, D))
+            buf = grad_out.new_zeros(N, first + L, D, dtype=torch.float32)
+            buf.scatter_(1, (ids_keep + first).unsqueeze(-1).expand(N, K, D), grad_out.float())
             rows = buf.sum(0, keepdim=True)  # [1, first + L, D]
             if ctx.separable:
                 grid = rows.reshape(t, h * w, D)
@@ -154,7 +183,8 @@ def _make_backward(patchify_ops):
 
 for _name in ("cuda", "triton"):  # cpu shares cuda's compiled op
     if OPS[_name] is not None:
-        register([OPS[_name]], _fake, _make_backward(PATCHIFY_OPS[_name]), _setup_context)
+        register([OPS[_name]], _fake, _make_backward(PATCHIFY_OPS[_name], BIAS_GRAD_OPS[_name]), _setup_context)
+        register([BIAS_GRAD_OPS[_name]], _fake_bias_grad)
 
 
 def _autocast(imgs, weight, bias):

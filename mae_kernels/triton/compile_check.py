@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 MODULES = ("random_masking", "masked_patchify", "masked_patch_embed", "unshuffle_with_mask_tokens",
-           "append_mask_tokens", "masked_mse_loss", "tube_mask_indices", "mask_to_indices")
+           "append_mask_tokens", "masked_mse_loss", "tube_mask_indices", "mask_to_indices",
+           "masked_patch_embed_bias_grad")
 # Per-block limits (CUDA C programming guide, compute capabilities table).
 MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 REGISTERS_PER_BLOCK = 65536
@@ -342,6 +343,29 @@ def scenarios():
                         _m(), *vargs(), video, True, 1e-6, True, True)))
     out += _edge_scenarios(rm, pf, pe, un, mse)
     out += _video_mask_scenarios()
+    out += _bias_grad_scenarios()
+    return out
+
+
+def _bias_grad_scenarios():
+    """masked_patch_embed's backward pass over grad_out: ViT-B/16 (K = 49, D = 768) and ViT-H/14 (K = 64, D = 1280)
+    at N = 256, the video tubelets (N = 32, K = 156); the model's sliced fp32 gradient cast to the autocast dtype,
+    a contiguous one without a copy, a sliced low-precision one copied; the tiny sizes of the tests."""
+    from . import masked_patch_embed_bias_grad as bg
+
+    out = []
+    for N, K, D in ((256, 49, 768), (256, 64, 1280), (32, 156, 768), (2, 3, 5), (300, 1, 3)):
+        for low in LOW:
+            out.append((f"bias_grad fp32->{low} copy N={N} K={K} D={D}",
+                        lambda N=N, K=K, D=D, low=low: bg.masked_patch_embed_bias_grad(
+                            _m(N, K + 1, D)[:, 1:], low, True, low)))
+        for dtype in ALL:
+            out.append((f"bias_grad {dtype} no copy N={N} K={K} D={D}",
+                        lambda N=N, K=K, D=D, dtype=dtype: bg.masked_patch_embed_bias_grad(
+                            _m(N, K, D, dtype=dtype), dtype, False, dtype)))
+            out.append((f"bias_grad {dtype} copy of a slice N={N} K={K} D={D}",
+                        lambda N=N, K=K, D=D, dtype=dtype: bg.masked_patch_embed_bias_grad(
+                            _m(N, K + 1, D, dtype=dtype)[:, 1:], dtype, True, torch.float32)))
     return out
 
 
@@ -557,6 +581,7 @@ COPY_KERNELS = {
     "_forward_kernel": lambda c: ("D", True, True),
     "_backward_rows_kernel": lambda c: ("D", True, True),
     "_append_kernel": lambda c: ("D", True, True),
+    "_bias_grad_rows_kernel": lambda c: ("D", True, c["WRITE"]),
 }
 
 
