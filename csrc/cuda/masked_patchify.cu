@@ -14,6 +14,15 @@
 #include "masked_patchify_host.h"
 
 namespace mae_kernels {
+
+// The element's bits rounded from fp32 (at::Half / at::BFloat16: round to nearest even, as ATen's casts).
+// Outside the anonymous namespace: the kernel instances it names keep external symbols (the CUDA emulator's
+// launch statistics read them).
+template <typename out_t>
+struct RoundTo {
+  __host__ __device__ __forceinline__ static uint16_t apply(float x) { return out_t(x).x; }
+};
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -62,12 +71,6 @@ void launch_bands_scatter(const word* src, const int64_t* ids, const PatchLayout
           src, ids, lay, K, bands, items, FastDivmod(per_sample), FastDivmod(runs_w), FastDivmod(lay.pw / V), dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-// The element's bits rounded from fp32 (at::Half / at::BFloat16: round to nearest even, as ATen's casts).
-template <typename out_t>
-struct RoundTo {
-  __host__ __device__ __forceinline__ static uint16_t apply(float x) { return out_t(x).x; }
-};
 
 // Whether copy_patches_cast_vec_kernel may gather from the fp32 `image` into the 16-bit `patches`: 16-byte loads
 // of 8-column runs (pixel rows contiguous, pw a multiple of 8, the strides multiples of 4 elements) and 16-byte
