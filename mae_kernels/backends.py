@@ -22,7 +22,7 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "referenc
 # (bench/results/static_report.md, python/static_report.py: predictions for an H100 at ViT-B/16 224, N = 256,
 # bf16, from the compiled SASS / PTX and a bytes model), NOT GPU measurements: revisit each entry when the report
 # is regenerated or a GPU measures the two paths (bench: `make gpu-check`). Ops not listed: DEFAULT_CUDA_ORDER.
-STATIC_REPORT = ("bench/results/static_report.md as of 547dd1af (static predictions for an H100, not GPU "
+STATIC_REPORT = ("bench/results/static_report.md as of session 7 (19511f5f; static predictions for an H100, not GPU "
                  "measurements)")
 DEFAULT_CUDA_ORDER = (("cuda", "triton", "reference"),
                       "cuda first by default: no static prediction favours another backend for this op (the compiled "
@@ -30,25 +30,26 @@ DEFAULT_CUDA_ORDER = (("cuda", "triton", "reference"),
 CUDA_ORDER = {
     "masked_patch_embed": (
         ("triton", "cuda", "reference"),
-        "triton first: its kernel is one fused GEMM that loads its tiles from the pixels (3 launches, 1.00x the "
-        "minimum bytes), predicted at 87% of copy bandwidth against 33% for the cuda path (gather, bf16 GEMM, "
-        "fp32 index_select, add: 8 launches, 2.61x the minimum bytes) at ViT-B/16 bf16, p = 16; the backward is "
-        "the same code on both (17%)"),
+        "triton first: its kernel is one fused GEMM that loads its tiles from the pixels (1.00x the minimum bytes), "
+        "predicted at 87% of copy bandwidth against 79% for the cuda path (gather, bf16 GEMM, positional epilogue "
+        "and the weight's layout copy: 3 more launches) at ViT-B/16 bf16, p = 16; the backward is the same code on "
+        "both (33-35%)"),
     "random_masking": (
         ("cuda", "triton", "reference"),
-        "cuda first: both predicted alike (forward 100%, backward 81% of copy bandwidth), and the compiled launcher "
-        "has no Python launch overhead"),
+        "cuda first: both predicted alike (forward and backward 100% of copy bandwidth, one launch each), and the "
+        "compiled launcher has no Python launch overhead"),
     "masked_patchify": (
         ("cuda", "triton", "reference"),
-        "cuda first: both predicted alike (forward 72%, backward 83%), and the compiled launcher has no Python "
-        "launch overhead"),
+        "cuda first: both predicted alike (forward 72%: the index check's launches; backward 99%, one launch), and "
+        "the compiled launcher has no Python launch overhead"),
     "unshuffle_with_mask_tokens": (
         ("cuda", "triton", "reference"),
-        "cuda first: forward alike (100%), backward 74% for cuda against 12% for triton (its batch-sum partials "
-        "end in one single-program reduction)"),
+        "cuda first: forward alike (100%), backward 81% for cuda against 52% for triton (its mask-token sum runs on "
+        "8 programs)"),
     "masked_mse_loss": (
         ("cuda", "triton", "reference"),
-        "cuda first: forward 80% (3 launches) against 68% for triton (11 launches), backward alike (33%)"),
+        "cuda first: forward 80% against 60% for triton (both 3 launches; triton's rows kernel issues more "
+        "instructions per element), backward alike (50%)"),
 }
 _state = threading.local()
 

@@ -638,8 +638,8 @@ def _cuda_kernel_facts(name, cuda, models, threads_table):
     if listing is None:
         return dict(read=read, written=written, note=note + "; no SASS found for this instantiation")
     facts = loop_facts(listing, elt, any(x in name for x in LOAD_SIDE), CUDA_TRIP.get(short))
-    t = threads.get(short, 256)
-    shared = res.get("SHARED", 0) + dynamic.get(short, 0)
+    t = _CUDA_THREADS_AT_SHAPES.get(short, threads.get(short, 256))
+    shared = res.get("SHARED", 0) + _CUDA_DYNAMIC_AT_SHAPES.get(short, dynamic.get(short, 0))
     blocks = cc.blocks_per_sm(90, res.get("REG", 0), t, shared)
     grid = _cuda_grid(short, t)
     time, bound, hiding = predict(read, written, 0, elements, facts, blocks, grid, t)
@@ -657,7 +657,17 @@ def _cuda_grid(short, threads):
             "unshuffle_backward_chunks_kernel": -(-_R * D_DEC // 256),
             "unshuffle_backward_mask_sum_kernel": -(-D_DEC // 32),  # cuda::kMaskSumThreads per block
             "masked_mse_rows_kernel": N * L, "masked_mse_total_kernel": 1, "masked_mse_scale_kernel": 1,
+            "scatter_bands_vec_kernel": min(N * (HW // PATCH), H100["sms"] * 8),  # a block per band of patches
+            "bias_grad_rows_kernel": N * -(-K // 32),  # a block per chunk of kBiasGradRows = 32 rows
+            "bias_grad_finish_kernel": -(-D_ENC // 32),  # kBiasFinishCols columns per block
             }.get(short, 1)
+
+
+# Launch sizes at the benchmark shapes where they differ from the launcher's largest (tests/test_cuda_resources.py
+# lists those): the band's patch map is 4 bytes per patch of an image row; the bias-gradient rows kernel starts one
+# thread per 8-column pack (96 at D = 768).
+_CUDA_DYNAMIC_AT_SHAPES = {"scatter_bands_vec_kernel": (HW // PATCH) * 4}
+_CUDA_THREADS_AT_SHAPES = {"bias_grad_rows_kernel": D_ENC // 8}
 
 
 def _triton_kernel_facts(name, launch, models, cc):
