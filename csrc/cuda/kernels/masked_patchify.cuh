@@ -56,6 +56,24 @@ __device__ __forceinline__ void store16(word* p, const uint4& v) {
 #endif
 }
 
+// Work item t of the 16-byte patch copies (copy_patches_vec_kernel, copy_patches_cast_vec_kernel): kV columns of
+// one (frame, patch row) in all kC channels; t = (row i, group g), g = (frame * ph + p_row) * runs + run. Gives the
+// row i, the image offset of the run's first pixel in channel 0 (pixel) and the offset of its kV * kC entries in
+// the patch vectors (e).
+struct VecItem {
+  int64_t i, pixel, e;
+};
+
+template <int kV, int kC>
+__device__ __forceinline__ VecItem vec_item(int64_t t, const int64_t* ids, const PatchLayout& lay, FastDivmod div_K,
+                                            FastDivmod div_groups, FastDivmod div_runs, int64_t P) {
+  int64_t g, k, run, p_row;
+  const int64_t i = div_groups.divmod(t, &g);
+  const int64_t n = div_K.divmod(i, &k);
+  const int64_t frame = lay.div_ph.divmod(div_runs.divmod(g, &run), &p_row);
+  return {i, lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV, i * P + g * (kV * kC)};
+}
+
 // 16-byte variant for the common case: the image's pixel rows contiguous (s_w == 1), and pw, every other stride and
 // both base addresses multiples of one 16-byte vector of kV = 16 / sizeof(word) elements (the host checks,
 // csrc/cuda/masked_patchify.cu, and takes copy_patches_kernel otherwise). One work item is kV columns of one
@@ -78,12 +96,8 @@ __global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* 
 #pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < items;
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
-    int64_t g, k, run, p_row;
-    const int64_t i = div_groups.divmod(t, &g);
-    const int64_t n = div_K.divmod(i, &k);
-    const int64_t frame = lay.div_ph.divmod(div_runs.divmod(g, &run), &p_row);
-    const int64_t pixel = lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV;
-    const int64_t e = i * P + g * (kV * kC);
+    const VecItem it = vec_item<kV, kC>(t, ids, lay, div_K, div_groups, div_runs, P);
+    const int64_t pixel = it.pixel, e = it.e;
     Vectors in, out;
     if (!kToImage) {
 #pragma unroll
@@ -197,12 +211,8 @@ __global__ void __launch_bounds__(kThreads) copy_patches_cast_vec_kernel(const f
 #pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < items;
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
-    int64_t g, k, run, p_row;
-    const int64_t i = div_groups.divmod(t, &g);
-    const int64_t n = div_K.divmod(i, &k);
-    const int64_t frame = lay.div_ph.divmod(div_runs.divmod(g, &run), &p_row);
-    const int64_t pixel = lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV;
-    const int64_t e = i * P + g * (kV * kC);
+    const VecItem it = vec_item<kV, kC>(t, ids, lay, div_K, div_groups, div_runs, P);
+    const int64_t pixel = it.pixel, e = it.e;
     In in;
     Out out;
 #pragma unroll
