@@ -20,20 +20,16 @@ defaults. Checkpoints resume exactly (--resume), DDP via torchrun as `mae-kernel
 """
 import argparse
 import contextlib
-import json
-import math
 import os
 import sys
-import time
 
 import torch
 
 from . import video_data as vdata
 from .data import ShardedSampler
 from .models.video_mae import MASK_TYPES, VIDEO_MODELS
-from .pretrain import (CHECKPOINT, NonFiniteLoss, add_decoder_mask_args, check_decoder_mask_args,
-                       decoder_mask_kwargs, full_state, init_distributed, load_full_state, lr_at, param_groups,
-                       save_checkpoint)
+from .pretrain import add_decoder_mask_args, check_decoder_mask_args, decoder_mask_kwargs
+from .train_loop import CHECKPOINT, check_ranks_in_sync, param_groups, print_summary, resume, run, train
 
 
 def parse_args(argv):
@@ -185,20 +181,7 @@ def heldout_loss(model, clips, args, device, autocast):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, local_rank = init_distributed(device)
-    try:
-        return _train(args, torch.device(device, local_rank) if device == "cuda" else torch.device(device),
-                      rank, world)
-    except NonFiniteLoss as e:
-        print(f"mae-kernels pretrain --video: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    return run(_train, parse_args(sys.argv[1:] if argv is None else argv), "mae-kernels pretrain --video")
 
 
 def _train(args, device, rank, world):
@@ -210,15 +193,7 @@ def _train(args, device, rank, world):
         args.lr = args.blr * eff_batch / 256
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     dataset, sampler, loader, what = build_data(args, rank, world)
-    steps_per_epoch = len(loader)
-
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": [], "heldout_losses": []}
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        load_full_state(model, optimizer, ckpt)
-        state = {k: ckpt.get(k, state[k]) for k in state}
-        if is_main:
-            print(f"resumed from {args.resume}: epoch {state['epoch']}, step {state['global_step']}")
+    state = resume(args, model, optimizer, is_main)
 
     net = model
     if world > 1:
@@ -243,89 +218,18 @@ def _train(args, device, rank, world):
               f"{'on' if args.fused else 'off'}, autocast {args.amp}, "
               f"norm_pix_loss {'on' if args.norm_pix_loss else 'off'}")
         print(f"data: {what}, effective batch {eff_batch}, lr {args.lr:.3g} (blr {args.blr:.3g}), "
-              f"{args.epochs} epochs x {steps_per_epoch} steps")
+              f"{args.epochs} epochs x {len(loader)} steps")
 
-    total = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total = min(total, args.max_steps)
-    bar = None
-    if is_main and args.progress:
-        from tqdm import tqdm
+    def load(batch):  # throughput counts frames as images
+        clips, seconds = batch
+        return clips.to(device, non_blocking=True), clips.shape[0] * T, float(seconds.sum())
 
-        bar = tqdm(total=total, initial=min(state["global_step"], total), unit="step", dynamic_ncols=True)
-    net.train()
-    optimizer.zero_grad(set_to_none=True)
-    workers = max(1, args.num_workers)
-    t_last = time.perf_counter()
-    done = state["global_step"] >= total
-    for epoch in range(state["epoch"], args.epochs):
-        if done:
-            break
-        start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        sampler.set_epoch(epoch, start * args.batch_size)
-        epoch_losses = []
-        for it, (clips, seconds) in enumerate(loader, start=start):
-            if (it - start) % args.accum_iter == 0 or it == start:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(epoch + it / steps_per_epoch, args)
-            clips = clips.to(device, non_blocking=True)
-            # Masks from a seed per (step, rank): distinct across ranks, and a resumed run repeats them exactly.
-            torch.manual_seed((args.seed * 1_000_003 + state["global_step"]) * world + rank)
-            with autocast():
-                loss, _, _ = net(clips, mask_ratio=args.mask_ratio)
-            loss_value = loss.detach().float()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(loss_value)
-                loss_value /= world
-            loss_value = loss_value.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, step {state['global_step'] + 1}; "
-                                    "stopping training (try a lower --blr)")
-            (loss / args.accum_iter).backward()
-            if (it + 1) % args.accum_iter == 0 or it + 1 == steps_per_epoch:
-                if args.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["losses"].append(loss_value)
-            epoch_losses.append(loss_value)
-            state["epoch"], state["step_in_epoch"] = epoch, it + 1
-            now = time.perf_counter()
-            if bar is not None:
-                # img/s: frames through the training step; load img/s: frames the loader's workers can make
-                # (their own decode + transform time), to see whether data loading limits the step.
-                load = clips.shape[0] * T * workers / max(float(seconds.sum()), 1e-9)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{clips.shape[0] * T * world / max(now - t_last, 1e-9):.0f}",
-                                load_img_s=f"{load * world:.0f}")
-                bar.update(1)
-            t_last = now
-            if state["global_step"] >= total:
-                done = True
-                break
-        if state["step_in_epoch"] >= steps_per_epoch:
-            state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        heldout = heldout_loss(model, heldout_clips, args, device, autocast)
-        state["heldout_losses"].append((state["global_step"], heldout))
-        if is_main:
-            save_checkpoint(ckpt_path, *full_state(model, optimizer, False), state, args)
-            if epoch_losses:
-                with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
-                    f.write(json.dumps({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
-                                        "heldout_loss": heldout, "global_step": state["global_step"]}) + "\n")
-    if bar is not None:
-        bar.close()
-    if world > 1:
-        import torch.distributed as dist
-
-        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
-        gathered = [torch.empty_like(sums) for _ in range(world)]
-        dist.all_gather(gathered, sums)
-        if is_main:
-            print(f"ranks in sync: {all(torch.equal(g, gathered[0]) for g in gathered)}")
+    speed = train(args, state, model=model, net=net, optimizer=optimizer, sampler=sampler, loader=loader,
+                  device=device, rank=rank, world=world, autocast=autocast, load=load,
+                  heldout=lambda: heldout_loss(model, heldout_clips, args, device, autocast), ckpt_path=ckpt_path)
+    if is_main and speed.line("cpu"):
+        print(speed.line("cpu"))
+    check_ranks_in_sync(model, world, is_main)
     if is_main:
         print(f"checkpoint: {ckpt_path}")
         if args.figures:
@@ -338,14 +242,7 @@ def _train(args, device, rank, world):
                                     title="video MAE pre-training loss")
             print(f"reconstruction figure: {recon}")
             print(f"loss curve: {curve}")
-        if state["heldout_losses"]:
-            step, value = state["heldout_losses"][-1]
-            print(f"held-out loss (fixed clips and masks, every position decoded): {value:.4f} at step {step}")
-        if len(state["losses"]) >= 2:
-            k = max(1, len(state["losses"]) // 10)
-            first, last = state["losses"][:k], state["losses"][-k:]
-            print(f"loss: {sum(first) / len(first):.4f} (first {k} steps) -> {sum(last) / len(last):.4f} "
-                  f"(last {k} steps)")
+        print_summary(state, "fixed clips and masks")
     return 0
 
 
