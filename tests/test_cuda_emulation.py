@@ -185,6 +185,8 @@ def run_emulated_suite(order, asan, suites, tmp_path):
     test passes and every __global__ kernel of csrc/cuda/kernels is launched."""
     env = dict(os.environ, MAE_KERNELS_CUDA_EMULATION="1", MAE_KERNELS_EMU_ORDER=order, TRITON_INTERPRET="1")
     env.pop("MAE_KERNELS_BACKEND", None)
+    # This checkout's mae_kernels (pytest runs from tests/), not whichever one is installed (another worktree's).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if asan:
         preload = _libasan()
         if preload is None:
