@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "column_sums.h"
 #include "masked_patch_embed_bias_grad_host.h"
 
 namespace mae_kernels {
@@ -40,22 +41,6 @@ void bias_grad_rows(const g_t* grad, int64_t sn, int64_t sk, int64_t sd, int64_t
   });
 }
 
-// partial: [chunks, D] f32 -> grad_bias [D], the groups of kBiasGradGroup chunks added in order.
-template <typename b_t>
-void bias_grad_finish(const float* partial, int64_t chunks, int64_t D, b_t* grad_bias) {
-  at::parallel_for(0, D, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d) {
-      float total = 0.0f;
-      for (int64_t c0 = 0; c0 < chunks; c0 += kBiasGradGroup) {
-        float group = 0.0f;
-        for (int64_t c = c0; c < std::min(chunks, c0 + kBiasGradGroup); ++c) group += partial[c * D + d];
-        total += group;
-      }
-      grad_bias[d] = static_cast<b_t>(total);
-    }
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor> masked_patch_embed_bias_grad_cpu(const at::Tensor& grad,
                                                                     at::ScalarType gemm_dtype, bool write,
                                                                     at::ScalarType bias_dtype) {
@@ -73,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_embed_bias_grad_cpu(const at::Te
   });
   dispatch_bias_grad_dtype(bias_dtype, [&](auto t) {
     using b_t = decltype(t);
-    bias_grad_finish<b_t>(b.partial.const_data_ptr<float>(), b.chunks, b.D, b.grad_bias.data_ptr<b_t>());
+    grouped_column_sums<b_t>(b.partial.const_data_ptr<float>(), b.chunks, b.D, kBiasGradGroup,
+                             b.grad_bias.data_ptr<b_t>());
   });
   return {b.gemm_grad, b.grad_bias};
 }

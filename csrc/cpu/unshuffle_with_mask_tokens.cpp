@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "column_sums.h"
 #include "unshuffle_with_mask_tokens_host.h"
 
 namespace mae_kernels {
@@ -85,17 +86,7 @@ void unshuffle_backward_rows(const g_t* grad, const int64_t* ids, int64_t N, int
       std::copy(acc_mask.begin(), acc_mask.end(), partial + j * D);
     }
   });
-  at::parallel_for(0, D, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d) {
-      float s = 0.0f;
-      for (int64_t j0 = 0; j0 < R; j0 += kChunk) {
-        float chunk = 0.0f;
-        for (int64_t j = j0; j < std::min(R, j0 + kChunk); ++j) chunk += partial[j * D + d];
-        s += chunk;
-      }
-      grad_mask[d] = s;
-    }
-  });
+  grouped_column_sums(partial, R, D, kChunk, grad_mask);
 }
 
 at::Tensor unshuffle_with_mask_tokens_cpu(const at::Tensor& x, const at::Tensor& mask_token,
