@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import reference
-from . import dual_masking, video_fused
-from .vit import Mlp, to_2tuple
+from . import dual_masking, video_fused, vit
+from .vit import to_2tuple
 
 MASK_TYPES = ("random", "tube")
 
@@ -89,19 +89,14 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
-class Block(nn.Module):
-    """mae_st's video_vit.Block (pre-norm; no drop path in pre-training): norm1, attn, norm2, mlp.fc1/fc2."""
+class Block(vit.Block):
+    """mae_st's video_vit.Block (pre-norm; no drop path in pre-training): norm1, attn, norm2, mlp.fc1/fc2, with
+    mae_st's Attention and no q, k, v biases by default."""
+
+    attention = Attention
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, norm_layer)
 
 
 def target_frame_indices(num_frames, pred_t_dim):

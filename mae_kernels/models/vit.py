@@ -59,10 +59,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (timm's Block without drop-path / layer-scale, as the MAE pre-training uses)."""
 
+    attention = Attention  # the class of self.attn (the video model's Block takes mae_st's)
+
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=nn.LayerNorm):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = self.attention(dim, num_heads, qkv_bias=qkv_bias)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
