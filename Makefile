@@ -12,13 +12,11 @@ GPU_RESULTS_DIR ?=
 
 .PHONY: venv install build wheel test-wheel test test-isa test-floor demo bench bench-compare gpu-check gpu-compare static-report clean
 
-# --no-compile: no bytecode for the thousands of modules never imported (Python writes it for those that are
-# on first import); creating the venv takes about 45 s instead of 85 s here.
 venv: $(VENV)/.deps
 $(VENV)/.deps:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile "$(TORCH)" $(DEPS)
+	$(PY) -m pip install -q "$(TORCH)" $(DEPS)
 	touch $@
 
 # Full (re)install only when build inputs changed.
@@ -87,7 +85,7 @@ FLOOR_TRITON_TESTS ?= tests/test_triton_compile.py tests/test_debug_mode.py test
 $(FLOOR_VENV)/.deps:
 	python3 -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
-	$(FLOOR_PY) -m pip install -q --no-compile "$(FLOOR_TORCH)" $(FLOOR_DEPS)
+	$(FLOOR_PY) -m pip install -q "$(FLOOR_TORCH)" $(FLOOR_DEPS)
 	touch $@
 
 test-floor: $(FLOOR_VENV)/.deps
