@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "cuda/aligned.h"
 #include "cuda/kernels/masked_patch_embed_bias_grad.cuh"
 #include "masked_patch_embed_bias_grad_host.h"
 
@@ -15,10 +16,6 @@ namespace mae_kernels {
 namespace {
 
 constexpr int64_t kMaxChunkBlocks = int64_t(1) << 20;  // grid-stride beyond this
-
-bool aligned(const void* ptr, int64_t bytes) {
-  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
-}
 
 template <bool kVector, typename g_t, typename out_t>
 void launch_rows(const at::Tensor& grad, const BiasGrad& b, bool write) {

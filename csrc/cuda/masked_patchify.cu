@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/aligned.h"
 #include "cuda/kernels/masked_patchify.cuh"
 #include "masked_patchify_host.h"
 
@@ -37,7 +38,7 @@ bool vector_copy_applies(const PatchLayout& lay, const word* image, const word* 
     return false;
   }
   if (lay.s_n % V != 0 || lay.s_t % V != 0 || lay.s_h % V != 0 || (lay.C > 1 && lay.s_c % V != 0)) return false;
-  return reinterpret_cast<uintptr_t>(image) % 16 == 0 && reinterpret_cast<uintptr_t>(patches) % 16 == 0;
+  return aligned(image, 16) && aligned(patches, 16);
 }
 
 template <bool kToImage, typename word, int kC>
@@ -78,7 +79,7 @@ void launch_bands_scatter(const word* src, const int64_t* ids, const PatchLayout
 bool cast_vector_applies(const PatchLayout& lay, const float* image, const void* patches) {
   if ((lay.C != 1 && lay.C != 3) || lay.s_w != 1 || lay.pw % 8 != 0) return false;
   if (lay.s_n % 4 != 0 || lay.s_t % 4 != 0 || lay.s_h % 4 != 0 || (lay.C > 1 && lay.s_c % 4 != 0)) return false;
-  return reinterpret_cast<uintptr_t>(image) % 16 == 0 && reinterpret_cast<uintptr_t>(patches) % 16 == 0;
+  return aligned(image, 16) && aligned(patches, 16);
 }
 
 template <typename out_t, int kC>
