@@ -74,6 +74,21 @@ __device__ __forceinline__ VecItem vec_item(int64_t t, const int64_t* ids, const
   return {i, lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV, i * P + g * (kV * kC)};
 }
 
+// The scatter direction's register transpose: kC 16-byte loads of kV * kC channel-fastest patch-vector entries at
+// `patch` (kV = 16 / sizeof(word) columns), rearranged into kC channel runs of kV columns (out.v[c]).
+template <typename word, int kC, typename Vectors>
+__device__ __forceinline__ void load_channel_runs(const word* patch, Vectors& out) {
+  constexpr int kV = 16 / static_cast<int>(sizeof(word));
+  Vectors in;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(patch)[c];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+#pragma unroll
+    for (int v = 0; v < kV; ++v) out.w[c * kV + v] = in.w[v * kC + c];
+  }
+}
+
 // 16-byte variant for the common case: the image's pixel rows contiguous (s_w == 1), and pw, every other stride and
 // both base addresses multiples of one 16-byte vector of kV = 16 / sizeof(word) elements (the host checks,
 // csrc/cuda/masked_patchify.cu, and takes copy_patches_kernel otherwise). One work item is kV columns of one
@@ -110,13 +125,7 @@ __global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* 
 #pragma unroll
       for (int c = 0; c < kC; ++c) reinterpret_cast<uint4*>(dst + e)[c] = out.v[c];
     } else {
-#pragma unroll
-      for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(src + e)[c];
-#pragma unroll
-      for (int c = 0; c < kC; ++c) {
-#pragma unroll
-        for (int v = 0; v < kV; ++v) out.w[c * kV + v] = in.w[v * kC + c];
-      }
+      load_channel_runs<word, kC>(src + e, out);
 #pragma unroll
       for (int c = 0; c < kC; ++c) store16(dst + pixel + c * lay.s_c, out.v[c]);
     }
@@ -168,15 +177,7 @@ __global__ void __launch_bounds__(kThreads) scatter_bands_vec_kernel(const word*
       const int64_t k = row_of[patch];
       Vectors out;
       if (k >= 0) {
-        Vectors in;
-        const int64_t e = (n * K + k) * P + ((frame * lay.ph + p_row) * lay.pw + run * kV) * kC;
-#pragma unroll
-        for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(src + e)[c];
-#pragma unroll
-        for (int c = 0; c < kC; ++c) {
-#pragma unroll
-          for (int v = 0; v < kV; ++v) out.w[c * kV + v] = in.w[v * kC + c];
-        }
+        load_channel_runs<word, kC>(src + (n * K + k) * P + ((frame * lay.ph + p_row) * lay.pw + run * kV) * kC, out);
       } else {
 #pragma unroll
         for (int c = 0; c < kC; ++c) out.v[c] = uint4{0, 0, 0, 0};
