@@ -74,12 +74,19 @@ __device__ __forceinline__ VecItem vec_item(int64_t t, const int64_t* ids, const
   return {i, lay.corner(n, ids ? ids[i] : k) + frame * lay.s_t + p_row * lay.s_h + run * kV, i * P + g * (kV * kC)};
 }
 
+// kC 16-byte vectors, seen as their words (kV = 16 / sizeof(word) each): the 16-byte copy kernels' registers.
+template <typename word, int kC>
+union Vectors {
+  uint4 v[kC];
+  word w[16 / sizeof(word) * kC];
+};
+
 // The scatter direction's register transpose: kC 16-byte loads of kV * kC channel-fastest patch-vector entries at
 // `patch` (kV = 16 / sizeof(word) columns), rearranged into kC channel runs of kV columns (out.v[c]).
-template <typename word, int kC, typename Vectors>
-__device__ __forceinline__ void load_channel_runs(const word* patch, Vectors& out) {
+template <typename word, int kC>
+__device__ __forceinline__ void load_channel_runs(const word* patch, Vectors<word, kC>& out) {
   constexpr int kV = 16 / static_cast<int>(sizeof(word));
-  Vectors in;
+  Vectors<word, kC> in;
 #pragma unroll
   for (int c = 0; c < kC; ++c) in.v[c] = reinterpret_cast<const uint4*>(patch)[c];
 #pragma unroll
@@ -104,16 +111,12 @@ __global__ void __launch_bounds__(kThreads) copy_patches_vec_kernel(const word* 
                                                                     int64_t items, int64_t P,
                                                                     word* __restrict__ dst) {
   constexpr int kV = 16 / static_cast<int>(sizeof(word));
-  union Vectors {  // kC vectors, seen as their words
-    uint4 v[kC];
-    word w[kV * kC];
-  };
 #pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < items;
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
     const VecItem it = vec_item<kV, kC>(t, ids, lay, div_K, div_groups, div_runs, P);
     const int64_t pixel = it.pixel, e = it.e;
-    Vectors in, out;
+    Vectors<word, kC> in, out;
     if (!kToImage) {
 #pragma unroll
       for (int c = 0; c < kC; ++c) in.v[c] = *reinterpret_cast<const uint4*>(src + pixel + c * lay.s_c);
@@ -148,10 +151,6 @@ __global__ void __launch_bounds__(kThreads) scatter_bands_vec_kernel(const word*
                                                                      FastDivmod div_runs_w, FastDivmod div_runs,
                                                                      word* __restrict__ dst) {
   constexpr int kV = 16 / static_cast<int>(sizeof(word));
-  union Vectors {  // kC vectors, seen as their words
-    uint4 v[kC];
-    word w[kV * kC];
-  };
   extern __shared__ int32_t row_of[];  // [grid_w]: row k of ids[n, :] holding the band's patch, or -1
   const int64_t P = lay.P();
 #pragma unroll 1  // unrolling a grid-stride loop needs its trip count: a 64-bit division
@@ -175,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) scatter_bands_vec_kernel(const word*
       const int64_t patch = div_runs.divmod(x_run, &run);
       const int64_t pixel = corner + frame * lay.s_t + p_row * lay.s_h + x_run * kV;
       const int64_t k = row_of[patch];
-      Vectors out;
+      Vectors<word, kC> out;
       if (k >= 0) {
         load_channel_runs<word, kC>(src + (n * K + k) * P + ((frame * lay.ph + p_row) * lay.pw + run * kV) * kC, out);
       } else {
